@@ -17,7 +17,11 @@ use serde::{Deserialize, Serialize};
 pub struct Envelope {
     pub error: String,
     pub message: String,
-    #[serde(rename = "validationErrors", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "validationErrors",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub validation_errors: Option<BTreeMap<String, String>>,
 }
 

@@ -1,10 +1,32 @@
 //! sluice: a resilient, durable sending proxy in front of an SMS/Viber messaging API.
 //!
+//! Apps call sluice instead of the API: same paths, same bodies, same error format.
 //! Module map (one concern each):
-//! - [`api`]: the provider's wire shapes (error envelope, 429 body, seed texts).
-//! - [`retry`]: when to retry and how long to wait; per-key cooldowns.
-//! - [`simulator`]: an in-memory simulator of the provider's API.
-//! - [`split`]: cutting a bulk body's recipients array into parts without a `Value` tree.
+//! - [`config`], [`cli`]: what the operator sets, and how.
+//! - [`app`]: assembling a running proxy; [`server`]: the HTTP accept loop.
+//! - [`proxy`]: pass-through forwarding with retries; [`upstream`]: the pooled client.
+//! - [`retry`]: when to retry and how long to wait (pure), and per-key cooldowns.
+//! - [`apikey`]: key cleaning, injection, fingerprints; [`request_id`]: ids and access log.
+//! - [`capacity`]: what 429 bodies say about pending capacity.
+//! - [`api`]: the provider's wire shapes; [`error`]: the proxy's own errors, mapped once.
+//! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener.
+//! - [`simulator`]: an in-memory simulator of the API; [`demo`]: both in one process.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod api;
+pub mod apikey;
+pub mod app;
+pub mod capacity;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod proxy;
+pub mod request_id;
+pub mod retry;
+pub mod server;
+pub mod simulator;
+pub mod split;
+pub mod upstream;

@@ -1,0 +1,174 @@
+//! The command line: `serve`, `simulate`, `demo`, `check-config`.
+//!
+//! Every flag can also be set through an environment variable `SLUICE_…` (shown in
+//! `--help`), which is how a sidecar container is usually configured. The upstream API
+//! key is deliberately not a flag: `ps` shows flags to every user of the machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, LogFormat};
+use crate::simulator::HintMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "A resilient, durable sending proxy for the messaging API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format (overrides log.format).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter such as `info` or `sluice=debug` (overrides log.level; RUST_LOG wins).
+    #[arg(long, global = true, env = "SLUICE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Run the built-in simulator of the messaging API.
+    Simulate(SimulateArgs),
+    /// Run a simulator and a proxy in one process and print curl lines to try.
+    Demo(DemoArgs),
+    /// Check a config file and exit: 0 if valid, 1 with the bad key or line if not.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (TOML); without one, defaults plus flags.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address apps connect to (server.listen).
+    #[arg(long, env = "SLUICE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address of /metrics, /healthz, /readyz (server.admin_listen).
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Base URL of the messaging API (upstream.url).
+    #[arg(long, env = "SLUICE_UPSTREAM")]
+    pub upstream: Option<String>,
+    /// Directory for durable state (server.data_dir).
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Address the simulated API listens on.
+    #[arg(long, env = "SLUICE_SIM_LISTEN", default_value = "127.0.0.1:8081")]
+    pub listen: SocketAddr,
+    /// Pending messages allowed per company (the 429's maxAllowed).
+    #[arg(long, env = "SLUICE_SIM_MAX_PENDING", default_value_t = 50_000)]
+    pub max_pending: u64,
+    /// Messages per second leaving Pending, per company.
+    #[arg(long, env = "SLUICE_SIM_DRAIN_RATE", default_value_t = 5_000.0)]
+    pub drain_rate: f64,
+    /// The retry hint given with a 429, in seconds.
+    #[arg(long, env = "SLUICE_SIM_RETRY_AFTER", default_value_t = 30)]
+    pub retry_after: u64,
+    /// How the hint is given: Retry-After seconds (header), Retry-After HTTP-date (date),
+    /// the body's retryAfterSeconds (body), header and body (both), or not at all (none).
+    #[arg(long, env = "SLUICE_SIM_HINT", value_enum, default_value = "both")]
+    pub hint: HintMode,
+    /// Probability (0 to 1) of an injected 500 on any authenticated request.
+    #[arg(long, env = "SLUICE_SIM_FAIL_RATE", default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Seed of the failure injection, for repeatable runs.
+    #[arg(long, env = "SLUICE_SIM_SEED", default_value_t = 1)]
+    pub seed: u64,
+    /// Latency added to every answer, in milliseconds.
+    #[arg(long, env = "SLUICE_SIM_LATENCY_MS", default_value_t = 0)]
+    pub latency_ms: u64,
+    /// A valid API key (repeat for several companies; env: comma-separated).
+    #[arg(
+        long = "api-key",
+        env = "SLUICE_SIM_API_KEYS",
+        value_delimiter = ',',
+        default_value = "demo-key"
+    )]
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the demo's proxy.
+    #[arg(long, env = "SLUICE_DEMO_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the demo's admin listener.
+    #[arg(
+        long,
+        env = "SLUICE_DEMO_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+    /// Address of the demo's simulated API.
+    #[arg(long, env = "SLUICE_DEMO_SIM_LISTEN", default_value = "127.0.0.1:8081")]
+    pub sim_listen: SocketAddr,
+    /// Directory for the demo's durable state and sample bodies.
+    #[arg(long, env = "SLUICE_DEMO_DATA_DIR", default_value = "sluice-demo")]
+    pub data_dir: PathBuf,
+}
+
+// === impl ServeArgs ===
+
+impl ServeArgs {
+    /// Flags (and their env vars) over the file over defaults.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(v) = self.listen {
+            config.server.listen = v;
+        }
+        if let Some(v) = self.admin_listen {
+            config.server.admin_listen = v;
+        }
+        if let Some(v) = &self.upstream {
+            config.upstream.url = v.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            config.server.data_dir = v.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::parse_from([
+            "sluice",
+            "serve",
+            "--listen",
+            "127.0.0.1:1",
+            "--upstream",
+            "https://api.test",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let mut config =
+            Config::parse("[server]\nlisten = \"127.0.0.1:2\"\nadmin_listen = \"127.0.0.1:3\"")
+                .unwrap();
+        args.apply(&mut config);
+        assert_eq!(config.server.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(config.server.admin_listen, "127.0.0.1:3".parse().unwrap());
+        assert_eq!(config.upstream.url, "https://api.test");
+    }
+}

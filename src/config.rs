@@ -1,0 +1,299 @@
+//! Configuration: the TOML file, its defaults, and the checks that refuse bad values.
+//!
+//! Precedence is flags > file > defaults. Every struct here is `deny_unknown_fields`, so a
+//! misspelt key stops the proxy at start with the key's name and line instead of being
+//! silently ignored. `config.example.toml` lists every key with its default; a test parses
+//! it and compares it with `Config::default()`, so the two cannot drift apart.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::retry::RetryPolicy;
+
+/// The whole configuration, as read from the file (all sections optional).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub retry: RetryConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`: the listeners and what the proxy accepts from clients.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where apps send their API calls.
+    pub listen: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; loopback unless you mean it.
+    pub admin_listen: SocketAddr,
+    /// Largest request body accepted, in bytes; larger ones get a 413.
+    pub max_body_bytes: u64,
+    /// How long a client may take to send its request headers.
+    pub header_read_timeout_ms: u64,
+    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.
+    pub shutdown_grace_ms: u64,
+    /// Where durable state lives.
+    pub data_dir: PathBuf,
+}
+
+/// `[upstream]`: the one API the proxy forwards to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Base URL of the API (`http://` or `https://`); paths are appended unchanged.
+    pub url: String,
+    /// A file holding the API key to inject when a client sends none. `SLUICE_API_KEY`
+    /// (the environment) takes precedence. Empty: clients' own keys pass through.
+    pub api_key_file: Option<PathBuf>,
+    pub connect_timeout_ms: u64,
+    /// Time allowed for one attempt, until the response headers arrive.
+    pub request_timeout_ms: u64,
+    /// Idle keep-alive connections kept per upstream host.
+    pub pool_max_idle: usize,
+    pub pool_idle_timeout_ms: u64,
+    /// Request bodies up to this size are held in memory so that a request can be
+    /// retried; larger bodies are streamed and get no retry after the first byte left.
+    pub retry_buffer_bytes: u64,
+}
+
+/// `[retry]`: how the proxy waits and retries (see `retry::policy`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Total time one client request may spend in retries before the last upstream
+    /// answer is returned as is.
+    pub deadline_ms: u64,
+    /// Longest wait honoured from a `Retry-After`/`retryAfterSeconds` hint.
+    pub max_retry_after_secs: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// Random delay added on top of a hint (never subtracted), so waiting clients do not
+    /// all come back in the same millisecond.
+    pub hint_jitter_ms: u64,
+    /// Attempts for a request failing with 5xx/timeouts (429s do not count).
+    pub max_attempts: u32,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `sluice=debug,info`; `RUST_LOG` wins.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A configuration that could not be loaded; the message names the key or line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text and checks the values.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Refuses values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_string(),
+            })
+        };
+        let url = &self.upstream.url;
+        match url.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && uri.query().is_none() => {}
+            _ => {
+                return invalid(
+                    "upstream.url",
+                    &format!("{url:?} is not an http:// or https:// base URL without a query"),
+                )
+            }
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes", "must be greater than 0");
+        }
+        if self.upstream.request_timeout_ms == 0 {
+            return invalid("upstream.request_timeout_ms", "must be greater than 0");
+        }
+        if self.upstream.connect_timeout_ms == 0 {
+            return invalid("upstream.connect_timeout_ms", "must be greater than 0");
+        }
+        if self.retry.backoff_base_ms == 0 {
+            return invalid("retry.backoff_base_ms", "must be greater than 0");
+        }
+        if self.retry.backoff_cap_ms < self.retry.backoff_base_ms {
+            return invalid(
+                "retry.backoff_cap_ms",
+                "must be at least retry.backoff_base_ms",
+            );
+        }
+        if self.retry.max_attempts == 0 {
+            return invalid("retry.max_attempts", "must be at least 1");
+        }
+        if self.retry.deadline_ms == 0 {
+            return invalid("retry.deadline_ms", "must be greater than 0");
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid("log.level", &e.to_string());
+        }
+        Ok(())
+    }
+
+    /// The retry policy this configuration describes.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        let r = &self.retry;
+        RetryPolicy {
+            backoff_base: Duration::from_millis(r.backoff_base_ms),
+            backoff_cap: Duration::from_millis(r.backoff_cap_ms),
+            max_retry_after: Duration::from_secs(r.max_retry_after_secs),
+            hint_jitter: Duration::from_millis(r.hint_jitter_ms),
+            deadline: Duration::from_millis(r.deadline_ms),
+            max_attempts: r.max_attempts,
+        }
+    }
+}
+
+// === defaults ===
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            max_body_bytes: 128 * 1024 * 1024,
+            header_read_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
+            data_dir: PathBuf::from("sluice-data"),
+        }
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8081".to_string(),
+            api_key_file: None,
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            pool_max_idle: 64,
+            pool_idle_timeout_ms: 90_000,
+            retry_buffer_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            deadline_ms: 30_000,
+            max_retry_after_secs: 300,
+            backoff_base_ms: 100,
+            backoff_cap_ms: 10_000,
+            hint_jitter_ms: 250,
+            max_attempts: 5,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_to_the_defaults() {
+        let text = include_str!("../config.example.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name_and_line() {
+        let err = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("lisen"), "{msg}");
+        assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let err = Config::parse("[srever]\n").unwrap_err().to_string();
+        assert!(err.contains("srever"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_key() {
+        for (text, key) in [
+            ("[upstream]\nurl = \"ftp://x\"", "upstream.url"),
+            ("[upstream]\nurl = \"http://x/?a=1\"", "upstream.url"),
+            ("[retry]\nmax_attempts = 0", "retry.max_attempts"),
+            ("[retry]\nbackoff_cap_ms = 1", "retry.backoff_cap_ms"),
+            ("[server]\nmax_body_bytes = 0", "server.max_body_bytes"),
+            ("[log]\nlevel = \"=[\"", "log.level"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let err = Config::parse("[server]\nlisten = \"nope\"").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = Config::parse("[log]\nformat = \"xml\"").unwrap_err();
+        assert!(err.to_string().contains("xml"), "{err}");
+    }
+}

@@ -1,0 +1,220 @@
+//! Prometheus metrics: one registry, every collector the proxy exports, and their HELP.
+//!
+//! Naming follows Prometheus conventions: prefix `sluice_`, `_total` for counters,
+//! `_seconds` for durations, base units. Labels stay low-cardinality: a route name, a
+//! status code, a reason, a wait source, a key's alias or short fingerprint. Never a key,
+//! a phone number, a job id or a path parameter.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every collector, registered once at start and shared behind an `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub client_requests: IntCounterVec,
+    pub client_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_rate_limited: IntCounterVec,
+    pub upstream_failures: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub retries: IntCounterVec,
+    pub retry_wait: HistogramVec,
+    pub hints_capped: IntCounter,
+    pub deadline_exceeded: IntCounterVec,
+    pub cooldowns_started: IntCounterVec,
+    pub cooldown_remaining: prometheus::GaugeVec,
+    pub keys_trimmed: IntCounter,
+    pub keys_injected: IntCounter,
+    pub capacity: IntGaugeVec,
+}
+
+/// Buckets for request latencies (seconds): 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets for retry waits (seconds): 10 ms to 5 min (the default hint cap).
+const WAIT_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Self {
+            client_requests: counter_vec(
+                &registry,
+                "sluice_client_requests_total",
+                "Requests received from client apps, by route and the status sluice answered with.",
+                &["route", "status"],
+            ),
+            client_duration: histogram_vec(
+                &registry,
+                "sluice_client_request_duration_seconds",
+                "Time from a client request's arrival to sluice's response headers, including retries and waits.",
+                &["route"],
+                LATENCY_BUCKETS,
+            ),
+            upstream_requests: counter_vec(
+                &registry,
+                "sluice_upstream_requests_total",
+                "Attempts sent to the messaging API that got a response, by route and the API's status code.",
+                &["route", "status"],
+            ),
+            upstream_rate_limited: counter_vec(
+                &registry,
+                "sluice_upstream_rate_limited_total",
+                "429 Too Many Requests answers from the messaging API (pending-message capacity), by route.",
+                &["route"],
+            ),
+            upstream_failures: counter_vec(
+                &registry,
+                "sluice_upstream_failures_total",
+                "Attempts to the messaging API that failed, by route and reason: status_4xx, status_5xx, timeout, connect, body.",
+                &["route", "reason"],
+            ),
+            upstream_duration: histogram_vec(
+                &registry,
+                "sluice_upstream_request_duration_seconds",
+                "Time for one attempt to the messaging API until its response headers arrived.",
+                &["route"],
+                LATENCY_BUCKETS,
+            ),
+            retries: counter_vec(
+                &registry,
+                "sluice_retries_total",
+                "Attempts sluice repeated, by why the previous one did not succeed: rate_limited, status_5xx, timeout, connect, body.",
+                &["reason"],
+            ),
+            retry_wait: histogram_vec(
+                &registry,
+                "sluice_retry_wait_seconds",
+                "Waits before a retry, by where the wait came from: hint (Retry-After or retryAfterSeconds) or backoff (no hint).",
+                &["source"],
+                WAIT_BUCKETS,
+            ),
+            hints_capped: counter(
+                &registry,
+                "sluice_retry_hints_capped_total",
+                "Retry hints from the API longer than retry.max_retry_after_secs, which sluice shortened to that cap.",
+            ),
+            deadline_exceeded: counter_vec(
+                &registry,
+                "sluice_deadline_exceeded_total",
+                "Client requests whose retry deadline ran out; the client got the API's last answer as is.",
+                &["route"],
+            ),
+            cooldowns_started: counter_vec(
+                &registry,
+                "sluice_cooldowns_started_total",
+                "Times a 429 paused all requests for an API key, by key alias or short fingerprint.",
+                &["key"],
+            ),
+            cooldown_remaining: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "sluice_cooldown_remaining_seconds",
+                        "Seconds until requests for an API key may go again after a 429 (0 when not cooling down).",
+                    ),
+                    &["key"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            keys_trimmed: counter(
+                &registry,
+                "sluice_api_keys_trimmed_total",
+                "Client X-API-Key headers with leading or trailing white space that sluice removed.",
+            ),
+            keys_injected: counter(
+                &registry,
+                "sluice_api_keys_injected_total",
+                "Requests without an X-API-Key that sluice sent with its own configured key.",
+            ),
+            capacity: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "sluice_upstream_capacity",
+                        "Last pending-message figures the API reported in a 429, by key and field: current_pending, max_allowed, available_capacity.",
+                    ),
+                    &["key", "field"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            registry,
+        };
+        #[cfg(target_os = "linux")]
+        {
+            let pc = prometheus::process_collector::ProcessCollector::new(
+                std::process::id() as i32,
+                "sluice",
+            );
+            // Registration fails only on a duplicate, which cannot happen on a new registry.
+            let _ = m.registry.register(Box::new(pc));
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let encoder = TextEncoder::new();
+        // Encoding into a Vec cannot fail for well-formed families.
+        let _ = encoder.encode(&self.registry.gather(), &mut out);
+        out
+    }
+
+    pub fn observe_wait(&self, source: &str, wait: Duration) {
+        self.retry_wait
+            .with_label_values(&[source])
+            .observe(wait.as_secs_f64());
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn histogram_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}

@@ -1,0 +1,443 @@
+//! The pass-through proxy: any request sluice has no rule for goes to the API unchanged.
+//!
+//! One client request becomes one or more attempts upstream. Between attempts the retry
+//! engine decides ([`crate::retry`]): a 429 waits for the API's hint and cools the whole
+//! API key down (so N waiting requests make one retry wave, not N 429s); connect errors
+//! retry; 5xx and timeouts retry only for idempotent methods; every other answer goes
+//! back to the client as received. A request can only be retried if its body can be sent
+//! again, so bodies up to `retry_buffer_bytes` are held in memory and larger ones are
+//! streamed through once. When the retry deadline would pass, the client gets the API's
+//! last 429 unchanged, so its own retry logic still works.
+
+mod headers;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use bytes::Bytes;
+use dashmap::DashMap;
+use http::{HeaderMap, Method, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use tokio::time::Instant;
+
+pub use headers::strip_hop_by_hop;
+
+use crate::admin::Health;
+use crate::apikey::{self, ApiKey, KeyId};
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::retry::{self, Class, Cooldowns, Outcome, Permit, RetryPolicy, Verdict};
+use crate::upstream::{AttemptError, Upstream};
+
+/// The metric/log route name of everything that matches no send rule.
+const ROUTE: &str = "passthrough";
+/// Largest 429 body read to find its hint; the API's is a few hundred bytes.
+const MAX_429_BODY: usize = 64 * 1024;
+
+/// Shared state of the pass-through handler; cheap to clone.
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstream: Upstream,
+    policy: RetryPolicy,
+    cooldowns: Cooldowns<KeyId>,
+    /// The most recent 429 per key, returned as is to a request whose deadline would
+    /// pass while the key is still cooling down.
+    last_429: DashMap<KeyId, Stored>,
+    own_key: Option<ApiKey>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    max_body: u64,
+    retry_buffer: u64,
+}
+
+/// A buffered upstream response (a 429 kept for replay).
+#[derive(Clone)]
+struct Stored {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// The request body, either kept for replay or streamed through once.
+enum Payload {
+    Replayable(Bytes),
+    Stream(Option<Body>),
+}
+
+/// Settings of the handler that do not come from the upstream client.
+pub struct Settings {
+    pub policy: RetryPolicy,
+    pub own_key: Option<ApiKey>,
+    pub max_body: u64,
+    pub retry_buffer: u64,
+    pub health: Arc<Health>,
+}
+
+// === impl Proxy ===
+
+impl Proxy {
+    pub fn new(upstream: Upstream, settings: Settings, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                upstream,
+                policy: settings.policy,
+                cooldowns: Cooldowns::new(),
+                last_429: DashMap::new(),
+                own_key: settings.own_key,
+                metrics,
+                health: settings.health,
+                max_body: settings.max_body,
+                retry_buffer: settings.retry_buffer,
+            }),
+        }
+    }
+
+    /// Refreshes gauges that are computed at scrape time.
+    pub fn export_cooldowns(&self) {
+        let gauge = &self.inner.metrics.cooldown_remaining;
+        gauge.reset();
+        self.inner.cooldowns.for_each_remaining(|key, left| {
+            gauge
+                .with_label_values(&[&key.to_string()])
+                .set(left.as_secs_f64());
+        });
+    }
+}
+
+/// The axum handler for every request no other route took.
+pub async fn handle(State(proxy): State<Proxy>, req: Request) -> Response<Body> {
+    match proxy.inner.forward(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::warn!(error = %e, "request failed in the proxy");
+            e.into_response()
+        }
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    async fn forward(&self, req: Request) -> Result<Response<Body>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::Connect);
+        }
+        // HTTP/1 requests name only a path; an absolute URI asks us to relay elsewhere.
+        // (HTTP/2 always carries :authority, which we replace like Host.)
+        if parts.version < Version::HTTP_2 && parts.uri.authority().is_some() {
+            return Err(ProxyError::AbsoluteForm);
+        }
+        let key = apikey::resolve(&mut parts.headers, self.own_key.as_ref());
+        if key.trimmed {
+            self.metrics.keys_trimmed.inc();
+        }
+        if key.injected {
+            self.metrics.keys_injected.inc();
+        }
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(http::header::HOST);
+        let mut payload = self.payload(body).await?;
+        let uri = self.upstream.uri_for(parts.uri.path_and_query());
+        let idempotent = retry::is_idempotent(&parts.method);
+        let started = Instant::now();
+        let mut failures = 0u32;
+
+        loop {
+            let permit = match key.id {
+                Some(id) => match self.gate(id, started).await {
+                    Ok(permit) => Some(permit),
+                    Err(stored) => return Ok(self.give_up_with(stored)),
+                },
+                None => None,
+            };
+            let body = match &mut payload {
+                Payload::Replayable(bytes) => Body::from(bytes.clone()),
+                Payload::Stream(slot) => slot.take().unwrap_or_else(Body::empty),
+            };
+            let replayable = matches!(payload, Payload::Replayable(_));
+            let mut attempt = http::Request::new(body);
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = uri.clone();
+            *attempt.headers_mut() = parts.headers.clone();
+
+            let sent_at = Instant::now();
+            let result = self.upstream.send(attempt).await;
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[ROUTE])
+                .observe(sent_at.elapsed().as_secs_f64());
+
+            let mut failed = None;
+            let (outcome, resp) = match result {
+                Ok(resp) => (Outcome::Status(resp.status()), Some(resp)),
+                Err(AttemptError::BodyTooLarge) => {
+                    return Err(ProxyError::BodyTooLarge {
+                        limit: self.max_body,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(attempt = failures + 1, error = %e, "upstream attempt failed");
+                    let outcome = e.outcome();
+                    failed = Some(e);
+                    (outcome, None)
+                }
+            };
+            let class = match retry::classify(outcome, idempotent) {
+                Class::RateLimited | Class::Transient(_) if !replayable => Class::Final,
+                class => class,
+            };
+            self.count_attempt(outcome);
+
+            let resp = match (class, resp) {
+                (Class::RateLimited, Some(resp)) => {
+                    let stored = self.read_429(resp).await?;
+                    let wait = self.on_rate_limited(key.id, permit, &stored);
+                    match self.inner_decide(class, wait, failures, started) {
+                        Some(wait) => {
+                            self.metrics
+                                .retries
+                                .with_label_values(&["rate_limited"])
+                                .inc();
+                            if key.id.is_none() {
+                                tokio::time::sleep(wait).await;
+                            }
+                            continue;
+                        }
+                        None => return Ok(self.give_up_with(stored)),
+                    }
+                }
+                (_, resp) => {
+                    // Any answer other than a 429 reopens the key's gate.
+                    if let Some(p) = permit {
+                        if resp.is_some() {
+                            p.succeeded();
+                        }
+                    }
+                    resp
+                }
+            };
+
+            if let Class::Transient(reason) = class {
+                let wait = self.policy.wait(None, failures, &mut rand::rng());
+                failures += 1;
+                if let Some(wait) = self.inner_decide(class, wait, failures, started) {
+                    self.metrics
+                        .retries
+                        .with_label_values(&[reason.as_str()])
+                        .inc();
+                    tracing::info!(
+                        attempt = failures,
+                        reason = reason.as_str(),
+                        wait_ms = wait.as_millis() as u64,
+                        "retrying"
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            }
+            return match resp {
+                Some(resp) => Ok(passthrough(resp)),
+                None => Err(self.attempt_error(failed)),
+            };
+        }
+    }
+
+    /// Reads the request body as far as replay needs; refuses bodies over the limit.
+    async fn payload(&self, body: Body) -> Result<Payload, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(Payload::Replayable(Bytes::new()));
+        }
+        let too_large = ProxyError::BodyTooLarge {
+            limit: self.max_body,
+        };
+        match body.size_hint().exact() {
+            Some(n) if n > self.max_body => Err(too_large),
+            Some(n) if n <= self.retry_buffer => {
+                let limited = Limited::new(body, self.max_body as usize);
+                match limited.collect().await {
+                    Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+                    Err(e) => Err(ProxyError::ClientBody {
+                        detail: e.to_string(),
+                    }),
+                }
+            }
+            _ => Ok(Payload::Stream(Some(Body::new(Limited::new(
+                body,
+                self.max_body as usize,
+            ))))),
+        }
+    }
+
+    /// Waits until the key's cooldown lets a request go. Gives up (with the key's last
+    /// 429) when that wait would pass the request's deadline.
+    async fn gate(&self, id: KeyId, started: Instant) -> Result<Permit, Stored> {
+        let deadline = started + self.policy.deadline;
+        let last = || self.last_429.get(&id).map(|s| s.clone());
+        if let Some(left) = self.cooldowns.remaining(&id) {
+            if Instant::now() + left > deadline {
+                if let Some(stored) = last() {
+                    return Err(stored);
+                }
+            }
+        }
+        match tokio::time::timeout_at(deadline, self.cooldowns.acquire(&id)).await {
+            Ok(permit) => Ok(permit),
+            Err(_) => match last() {
+                Some(stored) => Err(stored),
+                // Nothing to replay: go anyway and let the API answer for itself.
+                None => Ok(self.cooldowns.acquire(&id).await),
+            },
+        }
+    }
+
+    /// Reads a 429's (small) body so its hint can be parsed and the answer replayed.
+    async fn read_429(&self, resp: Response<hyper::body::Incoming>) -> Result<Stored, ProxyError> {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = Limited::new(body, MAX_429_BODY)
+            .collect()
+            .await
+            .map_err(|e| ProxyError::UpstreamBody {
+                detail: e.to_string(),
+            })?
+            .to_bytes();
+        Ok(Stored {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    /// Records a 429: its hint, the capacity it reports, and the key's cooldown.
+    fn on_rate_limited(
+        &self,
+        key: Option<KeyId>,
+        permit: Option<Permit>,
+        stored: &Stored,
+    ) -> retry::Wait {
+        let m = &self.metrics;
+        m.upstream_rate_limited.with_label_values(&[ROUTE]).inc();
+        let hint = retry::hint_from(
+            &stored.headers,
+            &stored.body,
+            SystemTime::now(),
+            self.policy.max_retry_after,
+        );
+        if hint.is_some_and(|h| h.capped) {
+            m.hints_capped.inc();
+            tracing::warn!(
+                cap_s = self.policy.max_retry_after.as_secs(),
+                "retry hint above retry.max_retry_after_secs; capped"
+            );
+        }
+        let wait = self.policy.wait(hint, 0, &mut rand::rng());
+        m.observe_wait(wait.source.as_str(), wait.duration);
+        tracing::info!(
+            status = 429,
+            source = wait.source.as_str(),
+            wait_ms = wait.duration.as_millis() as u64,
+            "rate limited by the API"
+        );
+        if let Some(id) = key {
+            let label = id.to_string();
+            if self.cooldowns.remaining(&id).is_none() {
+                m.cooldowns_started.with_label_values(&[&label]).inc();
+            }
+            crate::capacity::record(m, &label, &stored.body);
+            self.last_429.insert(id, stored.clone());
+            match permit {
+                Some(p) => p.rate_limited(wait.duration),
+                None => self.cooldowns.on_rate_limited(&id, wait.duration),
+            }
+        }
+        wait
+    }
+
+    /// Asks the policy whether another attempt may go; `Some(wait)` if so.
+    fn inner_decide(
+        &self,
+        class: Class,
+        wait: retry::Wait,
+        failures: u32,
+        started: Instant,
+    ) -> Option<Duration> {
+        match self.policy.decide(class, wait, failures, started.elapsed()) {
+            Verdict::RetryAfter(w) => Some(w.duration),
+            Verdict::GiveUp(why) => {
+                if matches!(why, retry::GiveUpReason::Deadline) {
+                    self.metrics
+                        .deadline_exceeded
+                        .with_label_values(&[ROUTE])
+                        .inc();
+                }
+                None
+            }
+        }
+    }
+
+    fn count_attempt(&self, outcome: Outcome) {
+        let m = &self.metrics;
+        self.health
+            .upstream_reached(!matches!(outcome, Outcome::Connect));
+        let reason = match outcome {
+            Outcome::Status(status) => {
+                m.upstream_requests
+                    .with_label_values(&[ROUTE, status.as_str()])
+                    .inc();
+                match status.as_u16() {
+                    429 => return,
+                    400..=499 => "status_4xx",
+                    500..=599 => "status_5xx",
+                    _ => return,
+                }
+            }
+            Outcome::Connect => "connect",
+            Outcome::Timeout => "timeout",
+            Outcome::Body => "body",
+        };
+        m.upstream_failures
+            .with_label_values(&[ROUTE, reason])
+            .inc();
+    }
+
+    fn give_up_with(&self, stored: Stored) -> Response<Body> {
+        let mut resp = Response::new(Body::from(stored.body));
+        *resp.status_mut() = stored.status;
+        *resp.headers_mut() = stored.headers;
+        resp
+    }
+
+    fn attempt_error(&self, failed: Option<AttemptError>) -> ProxyError {
+        match failed {
+            Some(AttemptError::Timeout(t)) => ProxyError::UpstreamTimeout {
+                timeout_ms: t.as_millis() as u64,
+            },
+            Some(AttemptError::Connect(detail)) => ProxyError::UpstreamUnreachable {
+                upstream: self.upstream.display().to_string(),
+                detail,
+            },
+            Some(e) => ProxyError::UpstreamBody {
+                detail: e.to_string(),
+            },
+            None => ProxyError::UpstreamBody {
+                detail: "no response".into(),
+            },
+        }
+    }
+}
+
+/// The upstream's response, streamed back with hop-by-hop headers removed.
+fn passthrough(resp: Response<hyper::body::Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}

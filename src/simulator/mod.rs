@@ -1,0 +1,268 @@
+//! An in-memory simulator of the provider's messaging API (`sluice simulate`).
+//!
+//! It plays the API described in `upstream-api.md` faithfully enough to develop, demo,
+//! test and benchmark the proxy without the real provider: the same endpoints, the same
+//! error bodies (built from [`crate::api`], so they match the seed byte for byte) and,
+//! above all, the same pending-message capacity that produces the 429.
+//!
+//! # Endpoints
+//! Every API route needs `X-API-Key` (401 otherwise); each configured key is its own
+//! company owning its templates, campaigns and capacity.
+//!
+//! | method, path | success |
+//! |---|---|
+//! | `GET /api/v1/viber-services` | 200, two fixed services |
+//! | `POST /api/v1/templates` | 201, the template with its `id` (fields: see `validate.rs`) |
+//! | `GET`, `DELETE /api/v1/templates/{id}` | 200 / 204 |
+//! | `POST /api/v1/campaigns` | 201, a Draft campaign |
+//! | `GET /api/v1/campaigns/{id}` | 200, with `sentCount`, `deliveredCount`, … |
+//! | `POST /api/v1/campaigns/{id}/start` | 200, now InProgress |
+//! | `POST /api/v1/campaigns/{id}/bulk/{sms\|viber}` | 202 `{"campaignId","acceptedCount"}` |
+//! | `POST /api/v1/campaigns/{id}/messages/{sms\|viber}` | 201 `{"messageId","status":"Pending"}` |
+//! | `GET /api/v1/messages?phoneNumber=…[&campaignId=…]` | 200, the messages with statuses |
+//! | `GET /_sim/stats` | 200, [`SimStats`]: the simulator's own endpoint, no key needed |
+//!
+//! Unknown paths get a JSON 404 and known paths with another method a JSON 405.
+//!
+//! # Sends
+//! Checks run in this order: API key; injected failure (`fail_rate`: a 500, nothing
+//! accepted); campaign exists and is the key's (404); campaign InProgress; endpoint type
+//! matches the campaign (bulk vs transactional); channel matches; body well-formed;
+//! at most `max_recipients`; every phone number valid; then capacity. A send that would
+//! take the company over `max_pending` pending messages is refused whole with the seed's
+//! 429 body, its retry hint given as [`HintMode`] says.
+//!
+//! # Capacity and statuses
+//! Pending messages drain at `drain_rate` per second of tokio time (so paused-time
+//! tests are exact); see `queue.rs`. Messages go Pending → Sending → Delivered/Failed
+//! in acceptance order; see `state.rs` for the deterministic Viber failure rule.
+//!
+//! # Files
+//! `mod.rs` (config, handle, router), `handlers.rs` (HTTP for everything but sends),
+//! `send.rs` (the two send endpoints and the 429), `state.rs` (the world, pure logic),
+//! `queue.rs` (the capacity model), `model.rs` (resource shapes), `validate.rs`
+//! (request bodies), `phone.rs` (phone numbers), `stats.rs` ([`SimStats`]).
+
+mod handlers;
+mod model;
+mod phone;
+mod queue;
+mod send;
+mod state;
+mod stats;
+mod validate;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use axum::Router;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use self::state::State;
+pub use self::stats::SimStats;
+use self::stats::StatsRecorder;
+
+/// The simulator's knobs. `Default` gives the provider's documented behaviour with one
+/// key, `demo-key`.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// `maxAllowed`: most messages a company may have pending (default 50000).
+    pub max_pending: u64,
+    /// Messages per second leaving Pending, per company (default 5000).
+    pub drain_rate: f64,
+    /// The retry hint's value in seconds (default 30).
+    pub retry_after: u64,
+    /// How the 429 gives the hint (default [`HintMode::Both`]).
+    pub hint: HintMode,
+    /// Probability (0..=1) of an injected 500 on any authenticated request (default 0).
+    pub fail_rate: f64,
+    /// Seed of the failure-injection RNG (default 1).
+    pub seed: u64,
+    /// Delay added before answering every API request (default none).
+    pub latency: Duration,
+    /// Valid API keys, each its own company (default `["demo-key"]`).
+    pub api_keys: Vec<String>,
+    /// Most recipients in one bulk request (default 200000).
+    pub max_recipients: usize,
+}
+
+/// How a 429 tells the client when to retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HintMode {
+    /// `Retry-After: <seconds>` header; no `retryAfterSeconds` in the body.
+    Header,
+    /// `Retry-After: <HTTP-date>` header; no `retryAfterSeconds` in the body.
+    Date,
+    /// `retryAfterSeconds` in the body; no header.
+    Body,
+    /// Both the seconds header and the body field (the seed's example).
+    Both,
+    /// No hint at all.
+    None,
+}
+
+/// A running simulator: cheap to clone, all clones share one world.
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: SimConfig,
+    /// `f64` bits of the current failure probability.
+    fail_rate: AtomicU64,
+    state: Mutex<State>,
+    stats: Mutex<StatsRecorder>,
+    rng: Mutex<StdRng>,
+}
+
+/// Largest request body accepted: room for 200000 recipients with variables.
+const BODY_LIMIT: usize = 256 * 1024 * 1024;
+
+// === impl SimConfig ===
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            max_pending: 50_000,
+            drain_rate: 5_000.0,
+            retry_after: 30,
+            hint: HintMode::Both,
+            fail_rate: 0.0,
+            seed: 1,
+            latency: Duration::ZERO,
+            api_keys: vec!["demo-key".to_string()],
+            max_recipients: 200_000,
+        }
+    }
+}
+
+// === impl Simulator ===
+
+impl Simulator {
+    /// A fresh world: one empty company per configured key.
+    pub fn new(cfg: SimConfig) -> Self {
+        let state = State::new(
+            &cfg.api_keys,
+            cfg.max_pending,
+            cfg.drain_rate,
+            Instant::now(),
+        );
+        let inner = Inner {
+            fail_rate: AtomicU64::new(cfg.fail_rate.to_bits()),
+            state: Mutex::new(state),
+            stats: Mutex::new(StatsRecorder::default()),
+            rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
+            cfg,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The whole API plus `GET /_sim/stats`, ready to serve.
+    pub fn router(&self) -> Router {
+        let sends = Router::new()
+            .route("/api/v1/campaigns/{id}/bulk/{channel}", post(send::bulk))
+            .route(
+                "/api/v1/campaigns/{id}/messages/{channel}",
+                post(send::single),
+            )
+            .route_layer(middleware::from_fn_with_state(
+                self.clone(),
+                handlers::count_send,
+            ));
+        let api = Router::new()
+            .route("/api/v1/viber-services", get(handlers::viber_services))
+            .route("/api/v1/templates", post(handlers::create_template))
+            .route(
+                "/api/v1/templates/{id}",
+                get(handlers::get_template).delete(handlers::delete_template),
+            )
+            .route("/api/v1/campaigns", post(handlers::create_campaign))
+            .route("/api/v1/campaigns/{id}", get(handlers::get_campaign))
+            .route(
+                "/api/v1/campaigns/{id}/start",
+                post(handlers::start_campaign),
+            )
+            .route("/api/v1/messages", get(handlers::messages))
+            .merge(sends)
+            .method_not_allowed_fallback(handlers::method_not_allowed)
+            .fallback(handlers::not_found)
+            .layer(middleware::from_fn_with_state(
+                self.clone(),
+                handlers::track,
+            ))
+            .layer(DefaultBodyLimit::max(BODY_LIMIT));
+        Router::new()
+            .route("/_sim/stats", get(handlers::stats))
+            .merge(api)
+            .with_state(self.clone())
+    }
+
+    /// A snapshot of the counters (the same as `GET /_sim/stats`).
+    pub fn stats(&self) -> SimStats {
+        self.stats_mut().snapshot()
+    }
+
+    /// Changes the probability of an injected 500 from the next request on.
+    pub fn set_fail_rate(&self, p: f64) {
+        self.inner.fail_rate.store(p.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Changes `maxAllowed` for every company from the next send on.
+    pub fn set_max_pending(&self, n: u64) {
+        self.state().set_max_pending(n);
+    }
+
+    fn config(&self) -> &SimConfig {
+        &self.inner.cfg
+    }
+
+    /// The world. Never held across an `.await`, and never while holding the stats.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stats_mut(&self) -> MutexGuard<'_, StatsRecorder> {
+        self.inner
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Draws once from the seeded RNG: true when this request gets an injected 500.
+    /// Every authenticated request draws, so a seed gives one sequence of outcomes.
+    fn inject_failure(&self) -> bool {
+        let p = f64::from_bits(self.inner.fail_rate.load(Ordering::Relaxed));
+        let draw: f64 = self
+            .inner
+            .rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .random();
+        draw < p
+    }
+}
+
+/// Serves `sim` on `listener` until `shutdown` completes, then finishes the requests in
+/// flight and returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sim: Simulator,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, sim.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
