@@ -7,7 +7,9 @@
 //!
 //! # Endpoints
 //! Every API route needs `X-API-Key` (401 otherwise); each configured key is its own
-//! company owning its templates, campaigns and capacity.
+//! company owning its templates, campaigns and capacity. Only an exact key is valid: one
+//! with whitespace around it is refused, as by the real API (trimming is the proxy's
+//! job; note that HTTP/1 parsing already strips spaces around a header value).
 //!
 //! | method, path | success |
 //! |---|---|
@@ -22,7 +24,11 @@
 //! | `GET /api/v1/messages?phoneNumber=…[&campaignId=…]` | 200, the messages with statuses |
 //! | `GET /_sim/stats` | 200, [`SimStats`]: the simulator's own endpoint, no key needed |
 //!
-//! Unknown paths get a JSON 404 and known paths with another method a JSON 405.
+//! Unknown paths get a JSON 404 and known paths with another method a JSON 405. The
+//! messages query answers 400 without `phoneNumber`, the seed's phone 400 for an invalid
+//! one (a leading space counts as the `+` that form decoding turned into one) and 404
+//! for a `campaignId` the key does not own. Ids are decimal integers; message ids are
+//! strings (`msg-<company>-<seq>`).
 //!
 //! # Sends
 //! Checks run in this order: API key; injected failure (`fail_rate`: a 500, nothing
@@ -40,9 +46,11 @@
 //! # Files
 //! `mod.rs` (config, handle, router), `handlers.rs` (HTTP for everything but sends),
 //! `send.rs` (the two send endpoints and the 429), `state.rs` (the world, pure logic),
+//! `company.rs` (one company: counters, statuses, outcomes),
 //! `queue.rs` (the capacity model), `model.rs` (resource shapes), `validate.rs`
 //! (request bodies), `phone.rs` (phone numbers), `stats.rs` ([`SimStats`]).
 
+mod company;
 mod handlers;
 mod model;
 mod phone;

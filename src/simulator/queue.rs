@@ -180,6 +180,12 @@ mod tests {
         q
     }
 
+    #[test]
+    fn a_message_costs_sixteen_bytes() {
+        // A million recipients must stay far below 200 MB.
+        assert_eq!(std::mem::size_of::<Record>(), 16);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn pending_drains_at_the_rate_over_paused_time() {
         let mut q = filled(100.0, 1000, Instant::now());

@@ -14,7 +14,6 @@ use axum::response::Response;
 use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::handlers::{bad_request, invalid_phone, not_found_message, parse_id, ApiKey};
@@ -36,6 +35,22 @@ struct RateLimitBodyWithoutHint<'a> {
     requested_count: u64,
     max_allowed: u64,
     available_capacity: u64,
+}
+
+/// The 202 of a bulk send.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkAccepted {
+    campaign_id: Id,
+    accepted_count: u64,
+}
+
+/// The 201 of a single send.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageAccepted {
+    message_id: String,
+    status: &'static str,
 }
 
 /// `POST /api/v1/campaigns/{id}/bulk/{channel}`.
@@ -82,7 +97,10 @@ pub async fn bulk(
     match accept(&sim, &key, id, kind, &phones) {
         Ok(accepted) => json_response(
             StatusCode::ACCEPTED,
-            &json!({ "campaignId": id, "acceptedCount": accepted.count }),
+            &BulkAccepted {
+                campaign_id: id,
+                accepted_count: accepted.count,
+            },
         ),
         Err(e) => send_error(sim.config(), e),
     }
@@ -114,7 +132,10 @@ pub async fn single(
     match accept(&sim, &key, id, kind, &[phone]) {
         Ok(accepted) => json_response(
             StatusCode::CREATED,
-            &json!({ "messageId": accepted.first_message_id, "status": "Pending" }),
+            &MessageAccepted {
+                message_id: accepted.first_message_id,
+                status: "Pending",
+            },
         ),
         Err(e) => send_error(sim.config(), e),
     }

@@ -5,22 +5,19 @@
 //! parsed request and `now` (a `tokio::time::Instant`, so tests can pause time), and get
 //! back data or a typed error to render.
 //!
-//! Message outcomes are deterministic so that tests and demos can predict them: SMS
-//! messages are always Delivered; a Viber message to a number ending in `9` is treated as
-//! "not a Viber user" (code 9) and is Failed, or Delivered with
-//! `deliveredViaSmsFallback: true` when the campaign's template has
-//! `smsFallbackEnabled`. All other Viber messages are Delivered.
+//! What happens inside one company (counters, statuses, the deterministic Viber outcome
+//! rule) is in `company.rs`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use tokio::time::Instant;
 
+use super::company::{message_id, Campaign, Company};
 use super::model::{
-    CampaignStatus, CampaignType, CampaignView, Channel, Details, Id, MessageStatus, MessageView,
-    Template,
+    CampaignStatus, CampaignType, CampaignView, Channel, Id, MessageView, Template,
 };
 use super::phone::PhoneKey;
-use super::queue::{Queue, Record, Stage};
+use super::queue::Record;
 
 /// Field name → message, as in the seed's `validationErrors`.
 pub type Errors = BTreeMap<String, String>;
@@ -32,26 +29,6 @@ pub struct State {
     next_template: Id,
     next_campaign: Id,
     max_pending: u64,
-}
-
-/// What one API key owns.
-#[derive(Debug)]
-struct Company {
-    /// 1-based position of the key in the configuration; part of every message id.
-    index: usize,
-    templates: HashMap<Id, Template>,
-    campaigns: HashMap<Id, Campaign>,
-    queue: Queue,
-}
-
-/// A campaign and its running counters.
-#[derive(Debug)]
-struct Campaign {
-    view: CampaignView,
-    /// Copied from the template at creation: Viber failures are delivered by SMS instead.
-    sms_fallback: bool,
-    /// Every phone number accepted for this campaign, to count duplicates.
-    seen: HashSet<PhoneKey>,
 }
 
 /// A campaign to create, from a validated `POST /api/v1/campaigns` body.
@@ -108,13 +85,6 @@ pub struct Accepted {
     pub duplicates: u64,
 }
 
-/// How a message that left the queue ended.
-enum Outcome {
-    Delivered,
-    DeliveredViaFallback,
-    Failed,
-}
-
 // === impl State ===
 
 impl State {
@@ -123,15 +93,7 @@ impl State {
         let companies = api_keys
             .iter()
             .enumerate()
-            .map(|(i, key)| {
-                let company = Company {
-                    index: i + 1,
-                    templates: HashMap::new(),
-                    campaigns: HashMap::new(),
-                    queue: Queue::new(drain_rate, now),
-                };
-                (key.clone(), company)
-            })
+            .map(|(i, key)| (key.clone(), Company::new(i + 1, drain_rate, now)))
             .collect();
         Self {
             companies,
@@ -239,12 +201,9 @@ impl State {
             sms_fallback_delivered_count: 0,
         };
         self.next_campaign += 1;
-        let campaign = Campaign {
-            view: view.clone(),
-            sms_fallback,
-            seen: HashSet::new(),
-        };
-        company.campaigns.insert(view.id, campaign);
+        company
+            .campaigns
+            .insert(view.id, Campaign::new(view.clone(), sms_fallback));
         Ok(view)
     }
 
@@ -351,110 +310,6 @@ impl State {
             .filter_map(|(seq, r)| company.message_view(seq, r))
             .collect();
         Some(views)
-    }
-}
-
-/// The id of message `seq` of company `index`: unique across companies.
-fn message_id(index: usize, seq: usize) -> String {
-    format!("msg-{index}-{seq}")
-}
-
-// === impl Company ===
-
-impl Company {
-    fn check_send(&self, id: Id, kind: SendKind) -> Result<(), SendError> {
-        let campaign = &self
-            .campaigns
-            .get(&id)
-            .ok_or(SendError::CampaignNotFound)?
-            .view;
-        if campaign.status != CampaignStatus::InProgress {
-            return Err(SendError::NotActive(campaign.status));
-        }
-        match (kind.bulk, campaign.kind) {
-            (false, CampaignType::Bulk) => return Err(SendError::BulkCampaign),
-            (true, CampaignType::Transactional) => return Err(SendError::NotBulk),
-            _ => {}
-        }
-        if kind.channel != campaign.channel {
-            return Err(SendError::WrongChannel(kind.channel));
-        }
-        Ok(())
-    }
-
-    /// Drains the queue up to `now` and moves the messages that changed stage into their
-    /// campaigns' counters.
-    fn advance(&mut self, now: Instant) {
-        let progress = self.queue.advance(now);
-        let records = self.queue.records();
-        for record in &records[progress.left_pending] {
-            if let Some(c) = self.campaigns.get_mut(&record.campaign) {
-                c.view.sent_count += 1;
-            }
-        }
-        for record in &records[progress.done] {
-            if let Some(c) = self.campaigns.get_mut(&record.campaign) {
-                match c.outcome(record.phone) {
-                    Outcome::Delivered => c.view.delivered_count += 1,
-                    Outcome::DeliveredViaFallback => {
-                        c.view.delivered_count += 1;
-                        c.view.sms_fallback_delivered_count += 1;
-                    }
-                    Outcome::Failed => c.view.failed_count += 1,
-                }
-            }
-        }
-    }
-
-    fn message_view(&self, seq: usize, record: &Record) -> Option<MessageView> {
-        let campaign = self.campaigns.get(&record.campaign)?;
-        let channel = campaign.view.channel;
-        let (status, details, fallback) = match self.queue.stage(seq) {
-            Stage::Pending => (MessageStatus::Pending, None, None),
-            Stage::Sending => (MessageStatus::Sending, None, None),
-            Stage::Done => match campaign.outcome(record.phone) {
-                Outcome::Delivered if channel == Channel::Viber => {
-                    (MessageStatus::Delivered, None, Some(false))
-                }
-                Outcome::Delivered => (MessageStatus::Delivered, None, None),
-                Outcome::DeliveredViaFallback => (
-                    MessageStatus::Delivered,
-                    Some(Details::NOT_VIBER_USER),
-                    Some(true),
-                ),
-                Outcome::Failed => (
-                    MessageStatus::Failed,
-                    Some(Details::NOT_VIBER_USER),
-                    Some(false),
-                ),
-            },
-        };
-        Some(MessageView {
-            message_id: message_id(self.index, seq),
-            campaign_id: record.campaign,
-            phone_number: record.phone.to_string(),
-            channel,
-            status,
-            details,
-            delivered_via_sms_fallback: fallback,
-        })
-    }
-}
-
-// === impl Campaign ===
-
-impl Campaign {
-    /// The module's deterministic rule: Viber to a number ending in 9 is not a Viber user.
-    fn outcome(&self, phone: PhoneKey) -> Outcome {
-        if self.view.channel == Channel::Viber && phone.last_digit() == 9 {
-            if self.sms_fallback {
-                Outcome::DeliveredViaFallback
-            } else {
-                Outcome::Failed
-            }
-        } else {
-            Outcome::Delivered
-        }
     }
 }
 

@@ -4,6 +4,8 @@
 //! Each test binary compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::net::SocketAddr;
 
 use bytes::Bytes;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::time::{advance, Instant};
 
 use super::*;
+use crate::simulator::model::{Details, MessageStatus};
 
 const A: &str = "key-a";
 const B: &str = "key-b";
