@@ -15,8 +15,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::api::json_response;
+use crate::keystate::KeyState;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::queue::Queue;
 
 /// What `/readyz` reports on, updated by the parts that know.
 #[derive(Debug, Default)]
@@ -29,7 +30,8 @@ pub struct Health {
 #[derive(Clone)]
 struct AdminState {
     metrics: Arc<Metrics>,
-    proxy: Proxy,
+    keys: Arc<KeyState>,
+    queue: Queue,
     health: Arc<Health>,
 }
 
@@ -46,25 +48,31 @@ impl Health {
     }
 
     /// `(ready, checks)` for `/readyz`.
-    fn check(&self) -> (bool, serde_json::Value) {
+    fn check(&self, store_writable: bool) -> (bool, serde_json::Value) {
         let stopping = self.shutting_down.load(Ordering::Relaxed);
         let upstream = match self.upstream.load(Ordering::Relaxed) {
             0 => "not tried yet",
             1 => "reached",
             _ => "unreachable",
         };
-        let ready = !stopping && upstream != "unreachable";
+        let ready = !stopping && upstream != "unreachable" && store_writable;
         let checks = json!({
             "ready": ready,
             "shuttingDown": stopping,
             "upstream": upstream,
+            "storeWritable": store_writable,
         });
         (ready, checks)
     }
 }
 
 /// The admin router.
-pub fn router(metrics: Arc<Metrics>, proxy: Proxy, health: Arc<Health>) -> Router {
+pub fn router(
+    metrics: Arc<Metrics>,
+    keys: Arc<KeyState>,
+    queue: Queue,
+    health: Arc<Health>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route(
@@ -74,13 +82,15 @@ pub fn router(metrics: Arc<Metrics>, proxy: Proxy, health: Arc<Health>) -> Route
         .route("/readyz", get(readyz))
         .with_state(AdminState {
             metrics,
-            proxy,
+            keys,
+            queue,
             health,
         })
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> Response<Body> {
-    s.proxy.export_cooldowns();
+    s.keys.export_cooldowns();
+    s.queue.export_metrics().await;
     let mut resp = Response::new(Body::from(s.metrics.render()));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -90,7 +100,7 @@ async fn metrics_handler(State(s): State<AdminState>) -> Response<Body> {
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response<Body> {
-    let (ready, checks) = s.health.check();
+    let (ready, checks) = s.health.check(s.queue.is_writable());
     let status = if ready {
         StatusCode::OK
     } else {

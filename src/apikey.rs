@@ -80,6 +80,11 @@ impl ApiKey {
     pub fn id(&self) -> KeyId {
         self.id
     }
+
+    /// The key as a header value (marked sensitive), to send upstream.
+    pub fn header_value(&self) -> HeaderValue {
+        self.value.clone()
+    }
 }
 
 impl fmt::Debug for ApiKey {

@@ -8,8 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::middleware::from_fn_with_state;
 use axum::Router;
+use http::Response;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +20,12 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Health};
 use crate::apikey::ApiKey;
 use crate::config::Config;
+use crate::keystate::KeyState;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, Settings};
+use crate::queue::jobs_api;
+use crate::queue::store::StoreError;
+use crate::queue::Queue;
 use crate::request_id;
 use crate::server::{self, ServeOptions};
 use crate::upstream::{self, Upstream};
@@ -39,6 +46,15 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: io::Error },
     #[error(transparent)]
     Upstream(#[from] upstream::BuildError),
+    #[error("the durable queue cannot be used: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// State of the main listener's front handler.
+#[derive(Clone)]
+struct Front {
+    proxy: Proxy,
+    queue: Queue,
 }
 
 /// Binds both listeners and starts serving.
@@ -64,10 +80,21 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let upstream = Upstream::new(&config.upstream)?;
+    let keys = Arc::new(KeyState::new(config.retry_policy(), metrics.clone()));
+    let shutdown = CancellationToken::new();
+    let queue = Queue::open(
+        config,
+        upstream.clone(),
+        keys.clone(),
+        metrics.clone(),
+        own_key.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     let proxy = Proxy::new(
         upstream,
         Settings {
-            policy: config.retry_policy(),
+            keys: keys.clone(),
             own_key,
             max_body: config.server.max_body_bytes,
             retry_buffer: config.upstream.retry_buffer_bytes,
@@ -77,16 +104,19 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
     );
 
     let main = Router::new()
-        .fallback(proxy::handle)
-        .with_state(proxy.clone())
+        .fallback(front)
+        .with_state(Front {
+            proxy,
+            queue: queue.clone(),
+        })
+        .merge(jobs_api::router(queue.clone()))
         .layer(from_fn_with_state(metrics.clone(), request_id::layer));
-    let admin = admin::router(metrics.clone(), proxy, health.clone());
+    let admin = admin::router(metrics.clone(), keys, queue, health.clone());
 
     let opts = ServeOptions {
         header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
         grace: Duration::from_millis(config.server.shutdown_grace_ms),
     };
-    let shutdown = CancellationToken::new();
     let tasks = vec![
         tokio::spawn(server::serve(listener, main, opts, shutdown.clone())),
         tokio::spawn(server::serve(admin_listener, admin, opts, shutdown.clone())),
@@ -100,6 +130,23 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         health,
         tasks,
     })
+}
+
+/// Sends matching a route go to the queue; everything else passes through.
+async fn front(State(front): State<Front>, req: Request) -> Response<Body> {
+    let route = front
+        .queue
+        .routes()
+        .find(req.method(), req.uri().path())
+        .cloned();
+    let req = match route {
+        Some(route) => match front.queue.accept(&route, req).await {
+            Ok(resp) => return resp,
+            Err(req) => req,
+        },
+        None => req,
+    };
+    proxy::handle(State(front.proxy), req).await
 }
 
 // === impl Running ===

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::queue::store::Synchronous;
 use crate::retry::RetryPolicy;
+use crate::routes::Route;
 
 /// The whole configuration, as read from the file (all sections optional).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -20,7 +22,38 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstream: UpstreamConfig,
     pub retry: RetryConfig,
+    pub queue: QueueConfig,
     pub log: LogConfig,
+    /// Send routes; requests matching none pass through. Absent: the two default send
+    /// routes; `routes = []`: none (sluice is then a pure pass-through proxy).
+    pub routes: Option<Vec<Route>>,
+}
+
+/// `[queue]`: the durable send queue and how it dispatches.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// SQLite `synchronous`: `full` survives power loss; `normal` survives a process
+    /// crash but may lose the last commits on power loss.
+    pub synchronous: Synchronous,
+    /// How long a send waits for its job to finish before answering 202 (RFC 7240
+    /// `Prefer: wait=N` overrides it per request; `Prefer: respond-async` answers at once).
+    pub sync_wait_ms: u64,
+    /// Back-pressure: recipients queued (not yet accepted by the API) across all jobs.
+    pub max_queued_recipients: u64,
+    /// Back-pressure: bytes of queued request bodies.
+    pub max_queued_bytes: u64,
+    /// Attempts for a part failing with 5xx, timeouts or connection errors before it
+    /// becomes a dead letter (429s never count).
+    pub max_attempts: u32,
+    /// A part still failing this long after its job was accepted becomes a dead letter.
+    pub max_age_secs: u64,
+    /// Most upstream send requests in flight at once, across all keys.
+    pub concurrency: usize,
+    /// Per API key: most send requests per second (0: no limit).
+    pub requests_per_sec: u32,
+    /// Per API key: most recipients per second (0: no limit).
+    pub recipients_per_sec: u32,
 }
 
 /// `[server]`: the listeners and what the proxy accepts from clients.
@@ -186,7 +219,26 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &e.to_string());
         }
+        if self.queue.max_attempts == 0 {
+            return invalid("queue.max_attempts", "must be at least 1");
+        }
+        if self.queue.concurrency == 0 {
+            return invalid("queue.concurrency", "must be at least 1");
+        }
+        for route in self.routes.iter().flatten() {
+            if let Err(message) = route.validate() {
+                return Err(ConfigError::Invalid {
+                    key: "routes",
+                    message,
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The send routes in force: the file's, or the defaults when it has none.
+    pub fn routes(&self) -> Vec<Route> {
+        self.routes.clone().unwrap_or_else(crate::routes::defaults)
     }
 
     /// The retry policy this configuration describes.
@@ -204,6 +256,22 @@ impl Config {
 }
 
 // === defaults ===
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            sync_wait_ms: 25_000,
+            max_queued_recipients: 10_000_000,
+            max_queued_bytes: 2 * 1024 * 1024 * 1024,
+            max_attempts: 10,
+            max_age_secs: 86_400,
+            concurrency: 16,
+            requests_per_sec: 0,
+            recipients_per_sec: 0,
+        }
+    }
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -261,7 +329,12 @@ mod tests {
     #[test]
     fn example_file_parses_to_the_defaults() {
         let text = include_str!("../config.example.toml");
-        assert_eq!(Config::parse(text).unwrap(), Config::default());
+        let mut parsed = Config::parse(text).unwrap();
+        // The example spells out the default routes; leaving them out means the same.
+        assert_eq!(parsed.routes, Some(crate::routes::defaults()));
+        parsed.routes = None;
+        assert_eq!(parsed, Config::default());
+        assert_eq!(Config::parse("routes = []").unwrap().routes(), vec![]);
     }
 
     #[test]

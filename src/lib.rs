@@ -7,7 +7,10 @@
 //! - [`proxy`]: pass-through forwarding with retries; [`upstream`]: the pooled client.
 //! - [`retry`]: when to retry and how long to wait (pure), and per-key cooldowns.
 //! - [`apikey`]: key cleaning, injection, fingerprints; [`request_id`]: ids and access log.
-//! - [`capacity`]: what 429 bodies say about pending capacity.
+//! - [`capacity`]: what 429 bodies say about pending capacity; [`keystate`]: per-key
+//!   cooldowns and capacity shared by the proxy and the queue.
+//! - [`routes`]: which requests are sends; [`queue`]: the durable send queue (store,
+//!   dispatcher, jobs API); [`split`]: cutting recipients arrays without a `Value` tree.
 //! - [`api`]: the provider's wire shapes; [`error`]: the proxy's own errors, mapped once.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener.
 //! - [`simulator`]: an in-memory simulator of the API; [`demo`]: both in one process.
@@ -22,10 +25,13 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod keystate;
 pub mod metrics;
 pub mod proxy;
+pub mod queue;
 pub mod request_id;
 pub mod retry;
+pub mod routes;
 pub mod server;
 pub mod simulator;
 pub mod split;

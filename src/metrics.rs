@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
+use crate::retry::Outcome;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every collector, registered once at start and shared behind an `Arc`.
@@ -27,9 +28,22 @@ pub struct Metrics {
     pub deadline_exceeded: IntCounterVec,
     pub cooldowns_started: IntCounterVec,
     pub cooldown_remaining: prometheus::GaugeVec,
+    pub cooldown_waiting: IntGauge,
     pub keys_trimmed: IntCounter,
     pub keys_injected: IntCounter,
     pub capacity: IntGaugeVec,
+    pub jobs_accepted: IntCounterVec,
+    pub queue_rejected: IntCounterVec,
+    pub parts_split: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub recipients_delivered: IntCounterVec,
+    pub recipients_failed: IntCounterVec,
+    pub queue_jobs: IntGaugeVec,
+    pub queue_parts: IntGaugeVec,
+    pub queue_recipients: IntGauge,
+    pub queue_oldest_age: prometheus::Gauge,
+    pub queue_disk_bytes: IntGauge,
+    pub store_writable: IntGauge,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -127,6 +141,11 @@ impl Metrics {
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            cooldown_waiting: int_gauge(
+                &registry,
+                "sluice_cooldown_waiting_requests",
+                "Requests and queued parts currently waiting for their API key's cooldown (after a 429) to end before their next attempt.",
+            ),
             keys_trimmed: counter(
                 &registry,
                 "sluice_api_keys_trimmed_total",
@@ -137,18 +156,84 @@ impl Metrics {
                 "sluice_api_keys_injected_total",
                 "Requests without an X-API-Key that sluice sent with its own configured key.",
             ),
-            capacity: {
-                let g = IntGaugeVec::new(
-                    Opts::new(
-                        "sluice_upstream_capacity",
-                        "Last pending-message figures the API reported in a 429, by key and field: current_pending, max_allowed, available_capacity.",
-                    ),
-                    &["key", "field"],
+            capacity: gauge_vec(
+                &registry,
+                "sluice_upstream_capacity",
+                "Last pending-message figures the API reported in a 429, by key and field: current_pending, max_allowed, available_capacity.",
+                &["key", "field"],
+            ),
+            jobs_accepted: counter_vec(
+                &registry,
+                "sluice_queue_jobs_accepted_total",
+                "Send jobs written to the durable queue (on disk before the client heard 'accepted'), by route.",
+                &["route"],
+            ),
+            queue_rejected: counter_vec(
+                &registry,
+                "sluice_queue_rejected_total",
+                "Sends refused before queueing, by reason: queue_full (back-pressure 429), invalid (400), store (the store could not write).",
+                &["route", "reason"],
+            ),
+            parts_split: counter_vec(
+                &registry,
+                "sluice_queue_parts_split_total",
+                "Parts cut into smaller parts, by reason: size (over the route maximum or the API's maxAllowed) or capacity (a piece of the API's availableCapacity sent at once).",
+                &["reason"],
+            ),
+            dead_letters: counter_vec(
+                &registry,
+                "sluice_queue_dead_letters_total",
+                "Parts that failed for good (a final 4xx, or retries exhausted) and wait in the queue for a manual replay, by route.",
+                &["route"],
+            ),
+            recipients_delivered: counter_vec(
+                &registry,
+                "sluice_queue_recipients_delivered_total",
+                "Recipients the API accepted from queued parts, by route.",
+                &["route"],
+            ),
+            recipients_failed: counter_vec(
+                &registry,
+                "sluice_queue_recipients_failed_total",
+                "Recipients in parts that failed for good (dead letters), by route.",
+                &["route"],
+            ),
+            queue_jobs: gauge_vec(
+                &registry,
+                "sluice_queue_jobs",
+                "Jobs in the store, by state: queued, in_progress, succeeded, partially_failed, failed, cancelled.",
+                &["state"],
+            ),
+            queue_parts: gauge_vec(
+                &registry,
+                "sluice_queue_parts",
+                "Parts in the store, by state: queued, in_flight, succeeded, failed, cancelled.",
+                &["state"],
+            ),
+            queue_recipients: int_gauge(
+                &registry,
+                "sluice_queue_recipients_queued",
+                "Recipients accepted by sluice and not yet accepted by the API (queued or in flight).",
+            ),
+            queue_oldest_age: {
+                let g = prometheus::Gauge::new(
+                    "sluice_queue_oldest_part_age_seconds",
+                    "Age of the oldest job that still has a queued or in-flight part (0 when none).",
                 )
                 .expect("valid metric");
                 registry.register(Box::new(g.clone())).expect("unique metric");
                 g
             },
+            queue_disk_bytes: int_gauge(
+                &registry,
+                "sluice_queue_disk_bytes",
+                "Bytes the durable queue's database (and its write-ahead log) takes on disk.",
+            ),
+            store_writable: int_gauge(
+                &registry,
+                "sluice_queue_store_writable",
+                "1 while the durable queue can write, 0 after a write failed (sends are then refused).",
+            ),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -172,6 +257,30 @@ impl Metrics {
         out
     }
 
+    /// Counts one attempt's outcome for `route`: a response by status, a failure by
+    /// reason (429s are counted apart, as rate limiting, not failure).
+    pub fn count_attempt(&self, route: &str, outcome: Outcome) {
+        let reason = match outcome {
+            Outcome::Status(status) => {
+                self.upstream_requests
+                    .with_label_values(&[route, status.as_str()])
+                    .inc();
+                match status.as_u16() {
+                    429 => return,
+                    400..=499 => "status_4xx",
+                    500..=599 => "status_5xx",
+                    _ => return,
+                }
+            }
+            Outcome::Connect => "connect",
+            Outcome::Timeout => "timeout",
+            Outcome::Body => "body",
+        };
+        self.upstream_failures
+            .with_label_values(&[route, reason])
+            .inc();
+    }
+
     pub fn observe_wait(&self, source: &str, wait: Duration) {
         self.retry_wait
             .with_label_values(&[source])
@@ -191,6 +300,39 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
         .register(Box::new(c.clone()))
         .expect("unique metric");
     c
+}
+
+/// Counts one waiter in a gauge for as long as it lives; the drop uncounts it however
+/// the wait ends (done, timed out, cancelled).
+pub struct GaugeGuard<'a>(&'a IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    pub fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn int_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {

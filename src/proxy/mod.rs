@@ -12,13 +12,12 @@
 mod headers;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
 use bytes::Bytes;
-use dashmap::DashMap;
-use http::{HeaderMap, Method, Response, StatusCode, Version};
+use http::{Method, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use tokio::time::Instant;
@@ -28,8 +27,9 @@ pub use headers::strip_hop_by_hop;
 use crate::admin::Health;
 use crate::apikey::{self, ApiKey, KeyId};
 use crate::error::ProxyError;
-use crate::metrics::Metrics;
-use crate::retry::{self, Class, Cooldowns, Outcome, Permit, RetryPolicy, Verdict};
+use crate::keystate::{KeyState, Stored};
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::retry::{self, Class, Outcome, Permit, RetryPolicy, Verdict};
 use crate::upstream::{AttemptError, Upstream};
 
 /// The metric/log route name of everything that matches no send rule.
@@ -46,23 +46,13 @@ pub struct Proxy {
 struct Inner {
     upstream: Upstream,
     policy: RetryPolicy,
-    cooldowns: Cooldowns<KeyId>,
-    /// The most recent 429 per key, returned as is to a request whose deadline would
-    /// pass while the key is still cooling down.
-    last_429: DashMap<KeyId, Stored>,
+    /// Cooldowns, last 429s and capacity per key, shared with the send queue.
+    keys: Arc<KeyState>,
     own_key: Option<ApiKey>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     max_body: u64,
     retry_buffer: u64,
-}
-
-/// A buffered upstream response (a 429 kept for replay).
-#[derive(Clone)]
-struct Stored {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
 }
 
 /// The request body, either kept for replay or streamed through once.
@@ -73,7 +63,7 @@ enum Payload {
 
 /// Settings of the handler that do not come from the upstream client.
 pub struct Settings {
-    pub policy: RetryPolicy,
+    pub keys: Arc<KeyState>,
     pub own_key: Option<ApiKey>,
     pub max_body: u64,
     pub retry_buffer: u64,
@@ -87,9 +77,8 @@ impl Proxy {
         Self {
             inner: Arc::new(Inner {
                 upstream,
-                policy: settings.policy,
-                cooldowns: Cooldowns::new(),
-                last_429: DashMap::new(),
+                policy: settings.keys.policy().clone(),
+                keys: settings.keys,
                 own_key: settings.own_key,
                 metrics,
                 health: settings.health,
@@ -97,17 +86,6 @@ impl Proxy {
                 retry_buffer: settings.retry_buffer,
             }),
         }
-    }
-
-    /// Refreshes gauges that are computed at scrape time.
-    pub fn export_cooldowns(&self) {
-        let gauge = &self.inner.metrics.cooldown_remaining;
-        gauge.reset();
-        self.inner.cooldowns.for_each_remaining(|key, left| {
-            gauge
-                .with_label_values(&[&key.to_string()])
-                .set(left.as_secs_f64());
-        });
     }
 }
 
@@ -154,7 +132,14 @@ impl Inner {
             let permit = match key.id {
                 Some(id) => match self.gate(id, started).await {
                     Ok(permit) => Some(permit),
-                    Err(stored) => return Ok(self.give_up_with(stored)),
+                    Err(stored) => {
+                        // Waiting out the key's cooldown would pass the deadline.
+                        self.metrics
+                            .deadline_exceeded
+                            .with_label_values(&[ROUTE])
+                            .inc();
+                        return Ok(self.give_up_with(stored));
+                    }
                 },
                 None => None,
             };
@@ -191,7 +176,7 @@ impl Inner {
                 }
             };
             let class = match retry::classify(outcome, idempotent) {
-                Class::RateLimited | Class::Transient(_) if !replayable => Class::Final,
+                Class::Transient(_) if !replayable => Class::Final,
                 class => class,
             };
             self.count_attempt(outcome);
@@ -200,6 +185,11 @@ impl Inner {
                 (Class::RateLimited, Some(resp)) => {
                     let stored = self.read_429(resp).await?;
                     let wait = self.on_rate_limited(key.id, permit, &stored);
+                    if !replayable {
+                        // The body went up once and cannot go again: the 429 goes back
+                        // as is, but the key cools down all the same.
+                        return Ok(self.give_up_with(stored));
+                    }
                     match self.inner_decide(class, wait, failures, started) {
                         Some(wait) => {
                             self.metrics
@@ -281,20 +271,21 @@ impl Inner {
     /// 429) when that wait would pass the request's deadline.
     async fn gate(&self, id: KeyId, started: Instant) -> Result<Permit, Stored> {
         let deadline = started + self.policy.deadline;
-        let last = || self.last_429.get(&id).map(|s| s.clone());
-        if let Some(left) = self.cooldowns.remaining(&id) {
+        let last = || self.keys.last_429(&id);
+        if let Some(left) = self.keys.cooldowns.remaining(&id) {
             if Instant::now() + left > deadline {
                 if let Some(stored) = last() {
                     return Err(stored);
                 }
             }
         }
-        match tokio::time::timeout_at(deadline, self.cooldowns.acquire(&id)).await {
+        let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);
+        match tokio::time::timeout_at(deadline, self.keys.cooldowns.acquire(&id)).await {
             Ok(permit) => Ok(permit),
             Err(_) => match last() {
                 Some(stored) => Err(stored),
                 // Nothing to replay: go anyway and let the API answer for itself.
-                None => Ok(self.cooldowns.acquire(&id).await),
+                None => Ok(self.keys.cooldowns.acquire(&id).await),
             },
         }
     }
@@ -317,47 +308,18 @@ impl Inner {
         })
     }
 
-    /// Records a 429: its hint, the capacity it reports, and the key's cooldown.
+    /// Records a 429 (hint, capacity, last answer) and cools the key down.
     fn on_rate_limited(
         &self,
         key: Option<KeyId>,
         permit: Option<Permit>,
         stored: &Stored,
     ) -> retry::Wait {
-        let m = &self.metrics;
-        m.upstream_rate_limited.with_label_values(&[ROUTE]).inc();
-        let hint = retry::hint_from(
-            &stored.headers,
-            &stored.body,
-            SystemTime::now(),
-            self.policy.max_retry_after,
-        );
-        if hint.is_some_and(|h| h.capped) {
-            m.hints_capped.inc();
-            tracing::warn!(
-                cap_s = self.policy.max_retry_after.as_secs(),
-                "retry hint above retry.max_retry_after_secs; capped"
-            );
-        }
-        let wait = self.policy.wait(hint, 0, &mut rand::rng());
-        m.observe_wait(wait.source.as_str(), wait.duration);
-        tracing::info!(
-            status = 429,
-            source = wait.source.as_str(),
-            wait_ms = wait.duration.as_millis() as u64,
-            "rate limited by the API"
-        );
-        if let Some(id) = key {
-            let label = id.to_string();
-            if self.cooldowns.remaining(&id).is_none() {
-                m.cooldowns_started.with_label_values(&[&label]).inc();
-            }
-            crate::capacity::record(m, &label, &stored.body);
-            self.last_429.insert(id, stored.clone());
-            match permit {
-                Some(p) => p.rate_limited(wait.duration),
-                None => self.cooldowns.on_rate_limited(&id, wait.duration),
-            }
+        let (wait, _) = self.keys.observe_429(key, ROUTE, stored);
+        match (permit, key) {
+            (Some(p), _) => p.rate_limited(wait.duration),
+            (None, Some(id)) => self.keys.cooldowns.on_rate_limited(&id, wait.duration),
+            (None, None) => {}
         }
         wait
     }
@@ -385,28 +347,9 @@ impl Inner {
     }
 
     fn count_attempt(&self, outcome: Outcome) {
-        let m = &self.metrics;
         self.health
             .upstream_reached(!matches!(outcome, Outcome::Connect));
-        let reason = match outcome {
-            Outcome::Status(status) => {
-                m.upstream_requests
-                    .with_label_values(&[ROUTE, status.as_str()])
-                    .inc();
-                match status.as_u16() {
-                    429 => return,
-                    400..=499 => "status_4xx",
-                    500..=599 => "status_5xx",
-                    _ => return,
-                }
-            }
-            Outcome::Connect => "connect",
-            Outcome::Timeout => "timeout",
-            Outcome::Body => "body",
-        };
-        m.upstream_failures
-            .with_label_values(&[ROUTE, reason])
-            .inc();
+        self.metrics.count_attempt(ROUTE, outcome);
     }
 
     fn give_up_with(&self, stored: Stored) -> Response<Body> {

@@ -1,0 +1,400 @@
+//! Accepting a send: the request becomes a durable job, then the client is answered.
+//!
+//! Order matters for the delivery guarantee: the body is read and checked, cut into
+//! parts, and the job is committed to the store; only then is anything sent upstream or
+//! said to the client. How the client is answered (RFC 7240):
+//! - `Prefer: respond-async`: `202 Accepted` at once, `Location: /sluice/v1/jobs/{id}`,
+//!   the job JSON;
+//! - otherwise sluice waits up to `queue.sync_wait_ms` (or `Prefer: wait=N`) for the job
+//!   to finish. A finished one-part job answers with the API's own final response (status,
+//!   headers, body) plus `X-Sluice-Job-Id`, so existing clients see what they always saw.
+//!   A finished multi-part job answers with the job JSON (each part's API status and
+//!   body, and `acceptedCount` summed). Not finished in time: `202` as above.
+
+use axum::body::Body;
+use axum::extract::Request;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use tokio::time::Instant;
+
+use super::dispatch::now_ms;
+use super::prefer::{self, Preference};
+use super::store::{
+    Dispatchable, JobRecord, JobState, NewJob, NewPart, PartCounts, PartRecord, PartState,
+};
+use super::view::JobView;
+use super::{plan, Queue};
+use crate::api::{self, text, Envelope, RateLimitBody};
+use crate::apikey::{self, KeyId};
+use crate::error::ProxyError;
+use crate::proxy::strip_hop_by_hop;
+use crate::request_id::RouteName;
+use crate::routes::{Route, RouteKind};
+use crate::split;
+
+/// The header naming the job on every answer to a send.
+pub const JOB_HEADER: &str = "x-sluice-job-id";
+
+/// Headers that belong to this hop or to sluice, not to the stored request.
+const NOT_STORED: [&str; 5] = ["x-api-key", "prefer", "content-length", "expect", "host"];
+
+// === impl Queue ===
+
+impl Queue {
+    /// Takes a request that matched `route`: stores it as a job and answers.
+    /// Requests without any API key pass through (the API answers them with its 401).
+    pub async fn accept(&self, route: &Route, req: Request) -> Result<Response<Body>, Request> {
+        let (mut parts, body) = req.into_parts();
+        let key = apikey::resolve(&mut parts.headers, self.inner.own_key.as_ref());
+        let Some(key_id) = key.id else {
+            return Err(Request::from_parts(parts, body));
+        };
+        if key.trimmed {
+            self.inner.metrics.keys_trimmed.inc();
+        }
+        if key.injected {
+            self.inner.metrics.keys_injected.inc();
+        }
+        let mut resp = match self
+            .accept_inner(
+                route,
+                parts.headers,
+                parts.uri,
+                parts.method,
+                body,
+                key_id,
+                key.injected,
+            )
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => e,
+        };
+        resp.extensions_mut().insert(RouteName(route_label(route)));
+        Ok(resp)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn accept_inner(
+        &self,
+        route: &Route,
+        mut headers: HeaderMap,
+        uri: http::Uri,
+        method: http::Method,
+        body: Body,
+        key_id: KeyId,
+        injected: bool,
+    ) -> Result<Response<Body>, Response<Body>> {
+        let q = &self.inner;
+        let pref = prefer::parse(&headers);
+        let body = read_body(body, q.max_body)
+            .await
+            .map_err(ProxyError::into_response)?;
+
+        // Cut into parts (bulk) or keep whole (single).
+        let (array, new_parts, recipients) = match route.kind {
+            RouteKind::Bulk => {
+                let layout =
+                    split::scan(&body, &route.recipients_pointer, |_, _| {}).map_err(|e| {
+                        q.metrics
+                            .queue_rejected
+                            .with_label_values(&[&route.name, "invalid"])
+                            .inc();
+                        Envelope::new(text::BAD_REQUEST, split_message(&e))
+                            .into_response(StatusCode::BAD_REQUEST)
+                    })?;
+                let limit = plan::part_limit(
+                    route.max_recipients_per_request,
+                    q.keys.max_allowed(&key_id),
+                );
+                let n = layout.items.len();
+                let parts: Vec<NewPart> = split::chunks(n, limit as usize)
+                    .map(|r| NewPart {
+                        items: r.start as u64..r.end as u64,
+                        bytes: layout.items[r.start].start as u64
+                            ..layout.items[r.end - 1].end as u64,
+                    })
+                    .collect();
+                let array = layout.array.start as u64..layout.array.end as u64;
+                (Some(array), parts, n as u64)
+            }
+            RouteKind::Single => (
+                None,
+                vec![NewPart {
+                    items: 0..1,
+                    bytes: 0..body.len() as u64,
+                }],
+                1,
+            ),
+        };
+        let part_bytes: u64 = new_parts.iter().map(|p| p.bytes.end - p.bytes.start).sum();
+
+        // Back-pressure: refuse in the API's own 429 format.
+        let (queued, queued_bytes) = q.dispatcher.backlog();
+        if queued + recipients > q.max_queued_recipients
+            || queued_bytes + part_bytes > q.max_queued_bytes
+        {
+            q.metrics
+                .queue_rejected
+                .with_label_values(&[&route.name, "queue_full"])
+                .inc();
+            return Err(queue_full(
+                queued,
+                recipients,
+                q.max_queued_recipients,
+                &q.keys,
+                &key_id,
+            ));
+        }
+
+        let id = format!("{:032x}", rand::random::<u128>());
+        strip_hop_by_hop(&mut headers);
+        let client_key = (!injected)
+            .then(|| headers.get(apikey::HEADER).map(|v| v.as_bytes().to_vec()))
+            .flatten();
+        let stored_headers: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .filter(|(name, _)| !NOT_STORED.contains(&name.as_str()))
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let path = uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_string(), |pq| pq.as_str().to_string());
+        let created_at = now_ms();
+        let job = NewJob {
+            id: id.clone(),
+            owner: key_id.full(),
+            api_key: client_key.clone(),
+            route: route.name.clone(),
+            method: method.as_str().to_string(),
+            path: path.clone(),
+            headers: stored_headers.clone(),
+            body,
+            array,
+            parts: new_parts.clone(),
+            skipped: None,
+            now_ms: created_at,
+        };
+        let notify = q.dispatcher.watch(&id);
+        if let Err(e) = q.store.insert_job(job).await {
+            q.dispatcher.unwatch(&id);
+            q.metrics
+                .queue_rejected
+                .with_label_values(&[&route.name, "store"])
+                .inc();
+            tracing::error!(error = %e, "cannot store a job; refusing the send");
+            return Err(Envelope::new(
+                "Service Unavailable",
+                "sluice could not write this send to its durable queue, so it was not accepted. Nothing was sent; retry later.",
+            )
+            .into_response(StatusCode::SERVICE_UNAVAILABLE));
+        }
+        q.metrics
+            .jobs_accepted
+            .with_label_values(&[&route.name])
+            .inc();
+        q.dispatcher.add_backlog(recipients, part_bytes);
+        let record = JobRecord {
+            id: id.clone(),
+            owner: key_id.full(),
+            route: route.name.clone(),
+            method: method.as_str().to_string(),
+            path: path.clone(),
+            state: JobState::Queued,
+            recipients,
+            counts: PartCounts {
+                queued: new_parts.len() as u64,
+                ..PartCounts::default()
+            },
+            created_at,
+            updated_at: created_at,
+            skipped: None,
+            parts: Vec::with_capacity(new_parts.len()),
+        };
+        let mut record = record;
+        for (seq, p) in new_parts.into_iter().enumerate() {
+            q.dispatcher.enqueue(Dispatchable {
+                job_id: id.clone(),
+                seq: seq as u32,
+                owner: key_id.full(),
+                api_key: client_key.clone(),
+                route: route.name.clone(),
+                method: method.as_str().to_string(),
+                path: path.clone(),
+                headers: stored_headers.clone(),
+                items: p.items.clone(),
+                bytes: p.bytes.clone(),
+                attempts: 0,
+                next_attempt_at: None,
+                created_at,
+            });
+            record.parts.push(PartRecord {
+                seq: seq as u32,
+                items: p.items,
+                bytes: p.bytes,
+                state: PartState::Queued,
+                attempts: 0,
+                last_status: None,
+                last_error: None,
+                next_attempt_at: None,
+                response: None,
+            });
+        }
+        tracing::info!(job = %id, route = %route.name, recipients, parts = record.parts.len(), "job accepted");
+
+        if pref.respond_async {
+            q.dispatcher.unwatch(&id);
+            return Ok(accepted(&record, &pref));
+        }
+        let deadline = Instant::now() + pref.wait.unwrap_or(q.sync_wait);
+        let owner = key_id.full();
+        let finished = loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match q.store.job(&id, &owner).await {
+                Ok(Some(job)) if is_final(job.state) => break Some(job),
+                Ok(Some(job)) => record = job,
+                Ok(None) | Err(_) => break None,
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break None;
+            }
+        };
+        q.dispatcher.unwatch(&id);
+        Ok(match finished {
+            Some(job) => finished_answer(&job),
+            None => accepted(&record, &pref),
+        })
+    }
+}
+
+/// The metric label of a route (its configured name, leaked once per name: a handful).
+fn route_label(route: &Route) -> &'static str {
+    match route.name.as_str() {
+        "bulk" => "bulk",
+        "single" => "single",
+        _ => "send",
+    }
+}
+
+fn is_final(state: JobState) -> bool {
+    !matches!(state, JobState::Queued | JobState::InProgress)
+}
+
+/// Reads the whole send body (it is stored), refusing more than `max` bytes.
+async fn read_body(body: Body, max: u64) -> Result<Bytes, ProxyError> {
+    if body.size_hint().exact().is_some_and(|n| n > max) {
+        return Err(ProxyError::BodyTooLarge { limit: max });
+    }
+    match Limited::new(body, max as usize).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge { limit: max })
+        }
+        Err(e) => Err(ProxyError::ClientBody {
+            detail: e.to_string(),
+        }),
+    }
+}
+
+fn split_message(e: &split::SplitError) -> String {
+    format!("The request body cannot be read as a bulk send: {e}.")
+}
+
+/// `202 Accepted` with the job JSON and where to follow it.
+fn accepted(job: &JobRecord, pref: &Preference) -> Response<Body> {
+    let mut resp = api::json_response(StatusCode::ACCEPTED, &JobView::new(job));
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("/sluice/v1/jobs/{}", job.id)) {
+        h.insert(header::LOCATION, v);
+    }
+    let applied = match (pref.respond_async, pref.wait) {
+        (true, _) => Some("respond-async".to_string()),
+        (false, Some(w)) => Some(format!("wait={}", w.as_secs())),
+        _ => None,
+    };
+    if let Some(v) = applied.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        h.insert("preference-applied", v);
+    }
+    insert_job_header(h, &job.id);
+    resp
+}
+
+/// The answer for a job that finished within the wait.
+fn finished_answer(job: &JobRecord) -> Response<Body> {
+    if let [part] = job.parts.as_slice() {
+        if let Some(r) = &part.response {
+            let mut resp = Response::new(Body::from(r.body.clone()));
+            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            for (name, value) in &r.headers {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_bytes(value),
+                ) {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+            strip_hop_by_hop(resp.headers_mut());
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+            insert_job_header(resp.headers_mut(), &job.id);
+            return resp;
+        }
+        let message = format!(
+            "sluice could not deliver this send: {}. GET /sluice/v1/jobs/{} shows the details; POST …/retry replays it.",
+            part.last_error.as_deref().unwrap_or("unknown error"),
+            job.id
+        );
+        let mut resp = Envelope::new("Bad Gateway", message).into_response(StatusCode::BAD_GATEWAY);
+        insert_job_header(resp.headers_mut(), &job.id);
+        return resp;
+    }
+    // Several parts: the job JSON, with the status of the outcome.
+    let status = match job.state {
+        JobState::Succeeded => job
+            .parts
+            .first()
+            .and_then(|p| p.last_status)
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::OK),
+        JobState::Cancelled => StatusCode::OK,
+        _ => job
+            .parts
+            .iter()
+            .find(|p| p.state == PartState::Failed)
+            .and_then(|p| p.last_status)
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY),
+    };
+    let mut resp = api::json_response(status, &JobView::new(job));
+    insert_job_header(resp.headers_mut(), &job.id);
+    resp
+}
+
+fn insert_job_header(h: &mut HeaderMap, id: &str) {
+    if let Ok(v) = HeaderValue::from_str(id) {
+        h.insert(JOB_HEADER, v);
+    }
+}
+
+/// The back-pressure answer, in the API's own 429 format.
+fn queue_full(
+    queued: u64,
+    requested: u64,
+    max: u64,
+    keys: &crate::keystate::KeyState,
+    key: &KeyId,
+) -> Response<Body> {
+    let retry_after = keys
+        .cooldowns
+        .remaining(key)
+        .map_or(5, |d| d.as_secs().max(1));
+    let body = RateLimitBody::new(queued.min(max), requested, max, retry_after);
+    let mut resp = api::json_response(StatusCode::TOO_MANY_REQUESTS, &body);
+    if let Ok(v) = HeaderValue::from_str(&retry_after.to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}

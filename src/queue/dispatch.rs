@@ -1,0 +1,660 @@
+//! The dispatcher: sends queued parts to the API, paced to its capacity, until each is
+//! delivered or dead-lettered.
+//!
+//! A scheduler task keeps every runnable part in a heap ordered by when it may go next.
+//! A due part becomes a worker task, which passes three gates in order: the key's
+//! cooldown (shared with the pass-through proxy, so one 429 pauses the whole key), the
+//! optional per-key rate limits, and a global concurrency limit. Before sending, a part
+//! larger than the API could ever accept (the route's maximum, or the `maxAllowed` the
+//! key's last 429 reported) is cut. After the answer:
+//! - 2xx: the part succeeded; the API's answer is kept for the client.
+//! - 429: never a failure. The key cools down for the hint; if the 429 reported room
+//!   (`availableCapacity`) a piece of exactly that size goes at once and the rest waits.
+//! - 5xx, timeouts, connection errors: retried with backoff up to `max_attempts` or
+//!   `max_age`, then a dead letter. A 5xx after the API accepted means those recipients
+//!   may get the message twice: delivery is at-least-once.
+//! - other 4xx: a dead letter at once, with the API's status and body kept.
+//!
+//! Every state change is committed to the store before the next step, so a crash at any
+//! point loses nothing: on restart every unfinished part is scheduled again.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use bytes::Bytes;
+use dashmap::DashMap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::{HeaderName, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Limited};
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{self, Cut};
+use super::store::{Dispatchable, NewPart, PartState, Store, StoreError, StoredResponse};
+use crate::apikey::{ApiKey, KeyId};
+use crate::keystate::{KeyState, Stored};
+use crate::metrics::{GaugeGuard, Metrics};
+use crate::retry::{self, Class, Outcome};
+use crate::routes::{Route, RouteKind};
+use crate::split;
+use crate::upstream::Upstream;
+
+/// Largest upstream answer kept for a part (the API's are small JSON objects).
+const MAX_RESPONSE: usize = 1024 * 1024;
+
+/// Handle to the dispatcher; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher {
+    inner: Arc<Inner>,
+}
+
+/// Settings of the dispatcher.
+pub struct DispatchSettings {
+    pub routes: Vec<Route>,
+    pub own_key: Option<ApiKey>,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub requests_per_sec: u32,
+    pub recipients_per_sec: u32,
+}
+
+/// Recipients and bytes accepted and not yet final: the back-pressure figures.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub recipients: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    upstream: Upstream,
+    keys: Arc<KeyState>,
+    metrics: Arc<Metrics>,
+    settings: DispatchSettings,
+    routes: HashMap<String, Route>,
+    slots: Semaphore,
+    tx: mpsc::UnboundedSender<Entry>,
+    waiters: DashMap<String, Arc<Notify>>,
+    /// Per-key locks for sending one part at a time (see `attempt`).
+    serial: DashMap<KeyId, Arc<tokio::sync::Mutex<()>>>,
+    backlog: Backlog,
+    requests: Option<DefaultKeyedRateLimiter<KeyId>>,
+    recipients: Option<(DefaultKeyedRateLimiter<KeyId>, u32)>,
+}
+
+/// A part waiting for its time.
+struct Entry {
+    at: Instant,
+    part: Dispatchable,
+    /// Skip the key's cooldown: the API just said it has room for exactly this piece.
+    bypass: bool,
+}
+
+// === impl Dispatcher ===
+
+impl Dispatcher {
+    /// Starts the scheduler; parts come in through [`Dispatcher::enqueue`].
+    pub fn start(
+        store: Arc<Store>,
+        upstream: Upstream,
+        keys: Arc<KeyState>,
+        metrics: Arc<Metrics>,
+        settings: DispatchSettings,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let limiter = |per_sec: u32| {
+            NonZeroU32::new(per_sec).map(|n| RateLimiter::keyed(Quota::per_second(n)))
+        };
+        let inner = Arc::new(Inner {
+            routes: settings
+                .routes
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect(),
+            slots: Semaphore::new(settings.concurrency),
+            requests: limiter(settings.requests_per_sec),
+            recipients: limiter(settings.recipients_per_sec)
+                .map(|l| (l, settings.recipients_per_sec)),
+            store,
+            upstream,
+            keys,
+            metrics,
+            settings,
+            tx,
+            waiters: DashMap::new(),
+            serial: DashMap::new(),
+            backlog: Backlog::default(),
+        });
+        tokio::spawn(schedule(inner.clone(), rx, shutdown));
+        Self { inner }
+    }
+
+    /// Schedules a part at its `next_attempt_at` (or now).
+    pub fn enqueue(&self, part: Dispatchable) {
+        self.inner.enqueue(part, None, false);
+    }
+
+    /// Adds newly accepted work to the back-pressure figures.
+    pub fn add_backlog(&self, recipients: u64, bytes: u64) {
+        self.inner
+            .backlog
+            .recipients
+            .fetch_add(recipients, Ordering::Relaxed);
+        self.inner.backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Removes finished or cancelled work from the back-pressure figures.
+    pub fn remove_backlog(&self, recipients: u64, bytes: u64) {
+        self.inner.remove_backlog(recipients, bytes);
+    }
+
+    pub fn backlog(&self) -> (u64, u64) {
+        let b = &self.inner.backlog;
+        (
+            b.recipients.load(Ordering::Relaxed),
+            b.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A notifier that fires whenever a part of `job` reaches a final state.
+    pub fn watch(&self, job: &str) -> Arc<Notify> {
+        self.inner
+            .waiters
+            .entry(job.to_string())
+            .or_default()
+            .clone()
+    }
+
+    pub fn unwatch(&self, job: &str) {
+        self.inner.waiters.remove(job);
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The scheduler loop: a heap of parts by due time.
+async fn schedule(
+    inner: Arc<Inner>,
+    mut rx: mpsc::UnboundedReceiver<Entry>,
+    shutdown: CancellationToken,
+) {
+    let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+    let mut entries: HashMap<u64, Entry> = HashMap::new();
+    let mut counter = 0u64;
+    loop {
+        let next = heap.peek().map(|Reverse((at, _))| *at);
+        tokio::select! {
+            entry = rx.recv() => match entry {
+                Some(entry) => {
+                    counter += 1;
+                    heap.push(Reverse((entry.at, counter)));
+                    entries.insert(counter, entry);
+                }
+                None => return,
+            },
+            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                let now = Instant::now();
+                while let Some(Reverse((at, id))) = heap.peek().copied() {
+                    if at > now {
+                        break;
+                    }
+                    heap.pop();
+                    if let Some(entry) = entries.remove(&id) {
+                        tokio::spawn(inner.clone().run(entry.part, entry.bypass));
+                    }
+                }
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn enqueue(&self, part: Dispatchable, after: Option<Duration>, bypass: bool) {
+        let at = match after {
+            Some(wait) => Instant::now() + wait,
+            None => {
+                let delay = part.next_attempt_at.map_or(0, |t| (t - now_ms()).max(0));
+                Instant::now() + Duration::from_millis(delay as u64)
+            }
+        };
+        // The receiver lives as long as the scheduler; after shutdown the part stays
+        // queued on disk and is picked up at the next start.
+        let _ = self.tx.send(Entry { at, part, bypass });
+    }
+
+    fn remove_backlog(&self, recipients: u64, bytes: u64) {
+        let b = &self.backlog;
+        let sub = |a: &AtomicU64, n: u64| {
+            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(n))
+            });
+        };
+        sub(&b.recipients, recipients);
+        sub(&b.bytes, bytes);
+    }
+
+    fn notify(&self, job: &str) {
+        if let Some(n) = self.waiters.get(job) {
+            n.notify_waiters();
+        }
+    }
+
+    /// One part's turn; store errors leave it queued on disk and retry it later.
+    async fn run(self: Arc<Self>, part: Dispatchable, bypass: bool) {
+        let retry_copy = part.clone();
+        match self.attempt(part, bypass).await {
+            Ok(()) => {}
+            // Cancelled (or finished) meanwhile: nothing more to send for this part.
+            Err(StoreError::WrongState(state)) => {
+                let p = &retry_copy;
+                tracing::info!(job = %p.job_id, part = p.seq, ?state, "part no longer to be sent");
+                self.remove_backlog(p.items.end - p.items.start, p.bytes.end - p.bytes.start);
+                self.notify(&p.job_id);
+            }
+            Err(e) => {
+                tracing::error!(job = %retry_copy.job_id, error = %e, "queue store error; part retried in 1 s");
+                self.enqueue(retry_copy, Some(Duration::from_secs(1)), false);
+            }
+        }
+    }
+
+    async fn attempt(&self, part: Dispatchable, bypass: bool) -> Result<(), StoreError> {
+        let route = self.route(&part.route);
+        let Some((key_value, key_id)) = self.key_for(&part) else {
+            let error = "no API key: the client sent none and sluice holds none".to_string();
+            return self.dead_letter(&part, None, error).await;
+        };
+        let n = part.items.end - part.items.start;
+        let too_big = || {
+            let limit = plan::part_limit(
+                route.max_recipients_per_request,
+                self.keys.max_allowed(&key_id),
+            );
+            (route.kind == RouteKind::Bulk)
+                .then(|| plan::cut_before_send(n, limit))
+                .flatten()
+        };
+        if let Some(max) = too_big() {
+            return self
+                .split(
+                    &part,
+                    &route,
+                    Cut {
+                        now: None,
+                        piece_max: max,
+                    },
+                    "size",
+                    Duration::ZERO,
+                )
+                .await;
+        }
+        // Bulk parts, and every part of a key whose capacity is tight, go one at a time
+        // per key: each learns from the answer to the one before (a 429 cools the key
+        // down before the next part is let through), so a wave of parts cannot run into
+        // the same full capacity together.
+        let _serial =
+            if !bypass && (route.kind == RouteKind::Bulk || self.keys.recently_limited(&key_id)) {
+                let lock = self.serial.entry(key_id).or_default().clone();
+                Some(lock.lock_owned().await)
+            } else {
+                None
+            };
+        let permit = if bypass {
+            None
+        } else {
+            let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);
+            Some(self.keys.cooldowns.acquire(&key_id).await)
+        };
+        // A 429 seen while this part waited may have taught a smaller maxAllowed.
+        if let Some(max) = too_big() {
+            drop(permit);
+            return self
+                .split(
+                    &part,
+                    &route,
+                    Cut {
+                        now: None,
+                        piece_max: max,
+                    },
+                    "size",
+                    Duration::ZERO,
+                )
+                .await;
+        }
+        self.rate_limit(&key_id, n).await;
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Ok(());
+        };
+
+        self.store
+            .mark_in_flight(&part.job_id, part.seq, now_ms())
+            .await?;
+        let body = self
+            .store
+            .part_body(&part.job_id, part.bytes.clone())
+            .await?;
+        let request = self.request(&part, key_value, body);
+        let sent = Instant::now();
+        let result = self.upstream.send(request).await;
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[&part.route])
+            .observe(sent.elapsed().as_secs_f64());
+
+        let (outcome, stored, error) = match result {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                match Limited::new(body, MAX_RESPONSE).collect().await {
+                    Ok(b) => (
+                        Outcome::Status(parts.status),
+                        Some(Stored {
+                            status: parts.status,
+                            headers: parts.headers,
+                            body: b.to_bytes(),
+                        }),
+                        None,
+                    ),
+                    Err(e) => (
+                        Outcome::Body,
+                        None,
+                        Some(format!("reading the API's answer failed: {e}")),
+                    ),
+                }
+            }
+            Err(e) => (e.outcome(), None, Some(e.to_string())),
+        };
+        self.metrics.count_attempt(&part.route, outcome);
+        let attempts = part.attempts + 1;
+        tracing::info!(
+            job = %part.job_id, part = part.seq, route = %part.route, recipients = n, attempt = attempts,
+            status = stored.as_ref().map(|s| s.status.as_u16()), error = error.as_deref(),
+            "upstream send attempt"
+        );
+
+        match (retry::classify(outcome, true), stored) {
+            (Class::RateLimited, Some(stored)) => {
+                let (wait, cap) = self.keys.observe_429(Some(key_id), &part.route, &stored);
+                match permit {
+                    Some(p) => p.rate_limited(wait.duration),
+                    None => self.keys.cooldowns.on_rate_limited(&key_id, wait.duration),
+                }
+                self.metrics
+                    .retries
+                    .with_label_values(&["rate_limited"])
+                    .inc();
+                let cut = (route.kind == RouteKind::Bulk)
+                    .then(|| plan::cut_after_429(n, route.max_recipients_per_request, &cap))
+                    .flatten();
+                match cut {
+                    Some(cut) => {
+                        let reason = if cut.now.is_some() {
+                            "capacity"
+                        } else {
+                            "size"
+                        };
+                        self.split(&part, &route, cut, reason, wait.duration).await
+                    }
+                    None => {
+                        let next = now_ms() + wait.duration.as_millis() as i64;
+                        self.store
+                            .schedule_retry(
+                                &part.job_id,
+                                part.seq,
+                                Some(429),
+                                Some("rate limited: waiting for the API's hint".into()),
+                                next,
+                                false,
+                                now_ms(),
+                            )
+                            .await?;
+                        let mut part = part;
+                        part.next_attempt_at = Some(next);
+                        self.enqueue(part, Some(wait.duration), false);
+                        Ok(())
+                    }
+                }
+            }
+            (Class::Success, Some(stored)) => {
+                if let Some(p) = permit {
+                    p.succeeded();
+                }
+                self.finish(&part, PartState::Succeeded, Some(stored), None)
+                    .await
+            }
+            (Class::Transient(reason), stored) => {
+                if let (Some(p), true) = (permit, stored.is_some()) {
+                    p.succeeded();
+                }
+                let age = Duration::from_millis((now_ms() - part.created_at).max(0) as u64);
+                if attempts >= self.settings.max_attempts || age >= self.settings.max_age {
+                    let why = error.unwrap_or_else(|| format!("gave up after {attempts} attempts"));
+                    return self
+                        .finish(&part, PartState::Failed, stored, Some(why))
+                        .await;
+                }
+                let wait = self.keys.policy().backoff(attempts - 1, &mut rand::rng());
+                self.metrics
+                    .retries
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                self.metrics.observe_wait("backoff", wait);
+                let next = now_ms() + wait.as_millis() as i64;
+                let status = stored.as_ref().map(|s| s.status.as_u16());
+                let why =
+                    error.unwrap_or_else(|| format!("the API answered {}", status.unwrap_or(0)));
+                self.store
+                    .schedule_retry(
+                        &part.job_id,
+                        part.seq,
+                        status,
+                        Some(why),
+                        next,
+                        true,
+                        now_ms(),
+                    )
+                    .await?;
+                let mut part = part;
+                part.attempts = attempts;
+                part.next_attempt_at = Some(next);
+                self.enqueue(part, Some(wait), false);
+                Ok(())
+            }
+            (_, stored) => {
+                if let (Some(p), true) = (permit, stored.is_some()) {
+                    p.succeeded();
+                }
+                self.finish(&part, PartState::Failed, stored, error).await
+            }
+        }
+    }
+
+    /// Waits for the optional per-key request and recipient limits.
+    async fn rate_limit(&self, key: &KeyId, n: u64) {
+        if let Some(limiter) = &self.requests {
+            limiter.until_key_ready(key).await;
+        }
+        if let Some((limiter, burst)) = &self.recipients {
+            let mut left = n;
+            while left > 0 {
+                let take = left.min(u64::from(*burst)) as u32;
+                if let Some(cells) = NonZeroU32::new(take) {
+                    // `take` never exceeds the burst, so the limiter can always grant it.
+                    let _ = limiter.until_key_n_ready(key, cells).await;
+                }
+                left -= u64::from(take);
+            }
+        }
+    }
+
+    /// Cuts a part into pieces (see [`plan`]) and schedules them: with `cut.now`, the
+    /// first piece goes at once past the cooldown; the others after `wait`.
+    async fn split(
+        &self,
+        part: &Dispatchable,
+        route: &Route,
+        cut: Cut,
+        reason: &str,
+        wait: Duration,
+    ) -> Result<(), StoreError> {
+        let n = part.items.end - part.items.start;
+        let body = self
+            .store
+            .part_body(&part.job_id, part.bytes.clone())
+            .await?;
+        let layout = match split::scan(&body, &route.recipients_pointer, |_, _| {}) {
+            Ok(layout) if layout.items.len() as u64 == n => layout,
+            Ok(_) | Err(_) => {
+                let why =
+                    "the stored part no longer matches its recipients; cannot split it".to_string();
+                return self.dead_letter(part, None, why).await;
+            }
+        };
+        // Offsets in the part body → offsets in the stored body.
+        let base = layout.array.start as u64 + 1;
+        let to_body = |offset: usize| offset as u64 - base + part.bytes.start;
+        let mut pieces = Vec::new();
+        let mut first = 0usize;
+        for size in plan::piece_sizes(n, cut) {
+            let last = first + size as usize;
+            pieces.push(NewPart {
+                items: part.items.start + first as u64..part.items.start + last as u64,
+                bytes: to_body(layout.items[first].start)..to_body(layout.items[last - 1].end),
+            });
+            first = last;
+        }
+        let seqs = self
+            .store
+            .split_part(&part.job_id, part.seq, pieces, now_ms())
+            .await?;
+        self.metrics.parts_split.with_label_values(&[reason]).inc();
+        tracing::info!(job = %part.job_id, part = part.seq, pieces = seqs.len(), reason, "part split");
+        let mut pieces = self.store.dispatchable(&part.job_id, &seqs).await?;
+        pieces.sort_by_key(|p| p.items.start);
+        for (i, piece) in pieces.into_iter().enumerate() {
+            if i == 0 && cut.now.is_some() {
+                self.enqueue(piece, Some(Duration::ZERO), true);
+            } else {
+                self.enqueue(piece, Some(wait), false);
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(
+        &self,
+        part: &Dispatchable,
+        stored: Option<Stored>,
+        why: String,
+    ) -> Result<(), StoreError> {
+        self.finish(part, PartState::Failed, stored, Some(why))
+            .await
+    }
+
+    /// Records a part's final state, counts it and wakes whoever waits for the job.
+    async fn finish(
+        &self,
+        part: &Dispatchable,
+        state: PartState,
+        stored: Option<Stored>,
+        error: Option<String>,
+    ) -> Result<(), StoreError> {
+        let response = stored.map(|s| StoredResponse {
+            status: s.status.as_u16(),
+            headers: s
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: s.body.to_vec(),
+        });
+        self.store
+            .finish_part(&part.job_id, part.seq, state, response, error, now_ms())
+            .await?;
+        let n = part.items.end - part.items.start;
+        let route = part.route.as_str();
+        if state == PartState::Succeeded {
+            self.metrics
+                .recipients_delivered
+                .with_label_values(&[route])
+                .inc_by(n);
+        } else {
+            self.metrics.dead_letters.with_label_values(&[route]).inc();
+            self.metrics
+                .recipients_failed
+                .with_label_values(&[route])
+                .inc_by(n);
+            tracing::warn!(job = %part.job_id, part = part.seq, route, recipients = n, "part dead-lettered");
+        }
+        self.remove_backlog(n, part.bytes.end - part.bytes.start);
+        self.notify(&part.job_id);
+        Ok(())
+    }
+
+    /// The route a part was accepted under (or a plain single route, when the
+    /// configuration no longer has it: the part is then sent whole).
+    fn route(&self, name: &str) -> Route {
+        self.routes.get(name).cloned().unwrap_or_else(|| Route {
+            name: name.to_string(),
+            method: "POST".into(),
+            path: String::new(),
+            kind: RouteKind::Single,
+            recipients_pointer: String::new(),
+            max_recipients_per_request: u64::MAX,
+        })
+    }
+
+    /// The key to send with: the one stored with the job, else the proxy's own.
+    fn key_for(&self, part: &Dispatchable) -> Option<(HeaderValue, KeyId)> {
+        match &part.api_key {
+            Some(bytes) => {
+                let mut value = HeaderValue::from_bytes(bytes).ok()?;
+                value.set_sensitive(true);
+                Some((value, KeyId::of(bytes)))
+            }
+            None => self
+                .settings
+                .own_key
+                .as_ref()
+                .map(|k| (k.header_value(), k.id())),
+        }
+    }
+
+    fn request(&self, part: &Dispatchable, key: HeaderValue, body: Bytes) -> Request<Body> {
+        let uri = self.upstream.uri_for(part.path.parse().ok().as_ref());
+        let mut req = Request::new(Body::from(body));
+        *req.method_mut() = Method::from_bytes(part.method.as_bytes()).unwrap_or(Method::POST);
+        *req.uri_mut() = uri;
+        let headers = req.headers_mut();
+        for (name, value) in &part.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        headers.insert(crate::apikey::HEADER, key);
+        // Same recipients, same key, across every retry (harmless where the API ignores it).
+        let idem = format!("{}-{}-{}", part.job_id, part.items.start, part.items.end);
+        if let Ok(v) = HeaderValue::from_str(&idem) {
+            headers.insert("idempotency-key", v);
+        }
+        req
+    }
+}

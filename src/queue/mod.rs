@@ -1,0 +1,149 @@
+//! The durable send queue: sends matching a route become jobs that sluice owns until
+//! every recipient is delivered or has a recorded, final reason why not.
+//!
+//! - [`store`]: SQLite, one writer thread with group commit; a job is on disk before
+//!   the client hears "accepted".
+//! - [`accept`]: turns a send into a job (split into parts) and answers the client.
+//! - [`dispatch`]: sends parts, paced to the API's capacity, retrying as the policy says.
+//! - [`plan`]: the pure cutting rules; [`prefer`]: RFC 7240 `Prefer`; [`view`]: job JSON.
+//! - [`jobs_api`]: `/sluice/v1/jobs…` for clients to follow, retry and cancel their jobs.
+
+pub mod accept;
+pub mod dispatch;
+pub mod jobs_api;
+pub mod plan;
+pub mod prefer;
+pub mod store;
+pub mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::apikey::ApiKey;
+use crate::config::Config;
+use crate::keystate::KeyState;
+use crate::metrics::Metrics;
+use crate::routes::RouteTable;
+use crate::upstream::Upstream;
+use dispatch::{DispatchSettings, Dispatcher};
+use store::{Store, StoreError};
+
+/// Everything the queue's handlers share; cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<QueueInner>,
+}
+
+struct QueueInner {
+    store: Arc<Store>,
+    dispatcher: Dispatcher,
+    routes: RouteTable,
+    keys: Arc<KeyState>,
+    own_key: Option<ApiKey>,
+    metrics: Arc<Metrics>,
+    sync_wait: Duration,
+    max_body: u64,
+    max_queued_recipients: u64,
+    max_queued_bytes: u64,
+}
+
+// === impl Queue ===
+
+impl Queue {
+    /// Opens the store (failing loudly if it cannot be written), starts the dispatcher
+    /// and schedules every part left unfinished by a previous run.
+    pub async fn open(
+        config: &Config,
+        upstream: Upstream,
+        keys: Arc<KeyState>,
+        metrics: Arc<Metrics>,
+        own_key: Option<ApiKey>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, StoreError> {
+        let store = Arc::new(Store::open(
+            &config.server.data_dir,
+            config.queue.synchronous,
+        )?);
+        let routes = config.routes();
+        let q = &config.queue;
+        let dispatcher = Dispatcher::start(
+            store.clone(),
+            upstream,
+            keys.clone(),
+            metrics.clone(),
+            DispatchSettings {
+                routes: routes.clone(),
+                own_key: own_key.clone(),
+                concurrency: q.concurrency,
+                max_attempts: q.max_attempts,
+                max_age: Duration::from_secs(q.max_age_secs),
+                requests_per_sec: q.requests_per_sec,
+                recipients_per_sec: q.recipients_per_sec,
+            },
+            shutdown,
+        );
+        let unfinished = store.unfinished().await?;
+        if !unfinished.is_empty() {
+            tracing::info!(
+                parts = unfinished.len(),
+                "resuming unfinished parts from the store"
+            );
+        }
+        for part in unfinished {
+            dispatcher.add_backlog(
+                part.items.end - part.items.start,
+                part.bytes.end - part.bytes.start,
+            );
+            dispatcher.enqueue(part);
+        }
+        Ok(Self {
+            inner: Arc::new(QueueInner {
+                store,
+                dispatcher,
+                routes: RouteTable::new(&routes),
+                keys,
+                own_key,
+                metrics,
+                sync_wait: Duration::from_millis(q.sync_wait_ms),
+                max_body: config.server.max_body_bytes,
+                max_queued_recipients: q.max_queued_recipients,
+                max_queued_bytes: q.max_queued_bytes,
+            }),
+        })
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.inner.routes
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.inner.store.is_writable()
+    }
+
+    /// Sets the queue gauges from the store (called at scrape time).
+    pub async fn export_metrics(&self) {
+        let m = &self.inner.metrics;
+        m.store_writable.set(i64::from(self.is_writable()));
+        match self.inner.store.stats(dispatch::now_ms()).await {
+            Ok(stats) => {
+                for (state, n) in &stats.jobs {
+                    m.queue_jobs
+                        .with_label_values(&[state.as_str()])
+                        .set(*n as i64);
+                }
+                for (state, n) in &stats.parts {
+                    m.queue_parts
+                        .with_label_values(&[state.as_str()])
+                        .set(*n as i64);
+                }
+                m.queue_recipients.set(stats.recipients_queued as i64);
+                m.queue_oldest_age
+                    .set(stats.oldest_queued_secs.unwrap_or(0.0));
+                m.queue_disk_bytes.set(stats.db_bytes as i64);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read queue statistics"),
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! The durable job store: every send that sluice has answered "accepted" lives here until
+//! each of its parts is delivered or has a recorded final reason, across `kill -9` and
+//! restarts.
+//!
+//! It is one SQLite file, `sluice.db` (in WAL mode), in the data dir. What it owns, and why
+//! it is built this way:
+//!
+//! - **One writer thread, group commit.** Every change is an op sent over a channel to one
+//!   `std::thread` that owns the only writing connection. The thread takes *every* op that
+//!   is waiting, runs them all in one transaction (each in its own savepoint, so an op that
+//!   is refused, say a part in the wrong state, does not undo the others), commits once,
+//!   and only then answers each op. A commit costs one fsync whether it holds one job or
+//!   five hundred, so under load the accept path pays a fraction of an fsync per job. An
+//!   `async fn` that writes resolves only after its commit returned: "accepted" is said
+//!   only about a job that is on disk. (An op whose caller stopped waiting is still
+//!   committed.)
+//! - **Readers on their own connections.** Reads take a connection from a small pool and
+//!   run on tokio's blocking threads. In WAL mode they see the last commit and never block
+//!   the writer.
+//! - **The body is stored once; parts are ranges.** A bulk send to a million recipients is
+//!   kept as the client's body, byte for byte (table `bodies`). A part is a range of item
+//!   indices plus the byte range of those elements in the body; [`Store::part_body`]
+//!   builds the request for a part from just the bytes it needs, read through SQLite's
+//!   incremental BLOB I/O, so sending a 50,000-recipient part never loads the whole body.
+//! - **Job state is derived.** A job's state follows from how many of its parts are in each
+//!   state ([`derive_state`]). The counts and the derived state are kept on the job row and
+//!   updated in the same transaction as every part change, so listing jobs by state is an
+//!   indexed query and never disagrees with the parts.
+//!
+//! Durability: with [`Synchronous::Full`] each commit is fsynced before any op in it is
+//! answered, so an accepted job survives a power loss. With [`Synchronous::Normal`] (WAL)
+//! a process crash still loses nothing, but a power loss or OS crash may lose the last
+//! commits.
+//!
+//! **Security: the data dir holds client API keys at rest.** A job sent with a client's own
+//! key keeps that key (column `jobs.api_key`) so that retries after a restart can use it.
+//! The store creates the data dir with mode 0700 and the database file with mode 0600
+//! (SQLite gives its `-wal` and `-shm` files the database file's mode), and warns if an
+//! existing data dir is open to other users. Keys are never logged; records read back for
+//! clients ([`JobRecord`]) do not include them; only [`Dispatchable`] (for the sender) does.
+//!
+//! All timestamps are unix milliseconds passed in by the caller, so tests control time.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+mod changes;
+mod reader;
+mod rows;
+mod schema;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+pub use schema::DB_FILE;
+
+/// How hard SQLite works to make a commit survive a power loss (`PRAGMA synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every commit is fsynced before it is acknowledged: nothing accepted is ever lost.
+    #[default]
+    Full,
+    /// Commits are fsynced at checkpoints only: safe against process crashes, but a power
+    /// loss may lose the last commits. Faster on slow disks.
+    Normal,
+}
+
+/// The job store: a handle on the writer thread and a pool of read connections.
+///
+/// Share it behind an `Arc`. Dropping it lets the writer finish the ops already sent, then
+/// waits for the thread to close the database.
+pub struct Store {
+    /// Ops for the writer thread; `None` only while dropping.
+    writer: Option<mpsc::Sender<Box<dyn writer::Op>>>,
+    thread: Option<JoinHandle<()>>,
+    readers: Arc<reader::Readers>,
+    /// False from a failed write until a later commit succeeds; see [`Store::is_writable`].
+    writable: Arc<AtomicBool>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened: the data dir or file cannot be created or written,
+    /// the file is not a database, or it was written by a newer sluice.
+    #[error("cannot open the job store at {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// SQLite refused a statement for a reason that is not the disk's (a duplicate job id,
+    /// a value too big, an unreadable row).
+    #[error("job store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Writing to the disk failed (disk full, I/O error, read-only file...). The change was
+    /// not saved, and [`Store::is_writable`] is false until a later commit succeeds. Every
+    /// op committed in the same transaction gets the same error.
+    #[error("job store: writing failed: {0}")]
+    Write(Arc<rusqlite::Error>),
+    /// The writer thread or a reader is gone (the store is shutting down, or a lock was
+    /// poisoned by a panic).
+    #[error("the job store is closed")]
+    Closed,
+    /// No such job, or no such part in it.
+    #[error("no such job or part")]
+    NotFound,
+    /// The part is in a state that the change does not apply to (say, it was cancelled
+    /// while waiting to be sent). Nothing was changed.
+    #[error("the part is {0:?}, which this change does not apply to")]
+    WrongState(PartState),
+    /// The request itself is malformed (parts that overlap, a split that does not cover
+    /// the part, a range outside the body...). Holds the reason.
+    #[error("invalid job store request: {0}")]
+    Invalid(String),
+}
+
+/// A job to store, as the accept path built it.
+pub struct NewJob {
+    /// 32 random hex characters, made by the caller.
+    pub id: String,
+    /// [`crate::apikey::KeyId::full`] of the key that created the job, `""` when none.
+    pub owner: String,
+    /// The key to send with; `None` means the proxy's own key. Stored as a BLOB, never
+    /// logged.
+    pub api_key: Option<Vec<u8>>,
+    /// Name of the route the job came in on.
+    pub route: String,
+    pub method: String,
+    /// Path and query as received.
+    pub path: String,
+    /// Headers to forward with every part.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The client's body, stored once.
+    pub body: Bytes,
+    /// Byte range of the recipients array in `body`, brackets included; `None` for a
+    /// single send (sent as the whole body).
+    pub array: Option<Range<u64>>,
+    /// The parts, in order of their items; at least one.
+    pub parts: Vec<NewPart>,
+    /// JSON text kept as is (reserved: recipients skipped by validation).
+    pub skipped: Option<String>,
+    /// When the job was accepted (unix ms): its `created_at` and `updated_at`.
+    pub now_ms: i64,
+}
+
+/// One part of a [`NewJob`], or one piece of a split part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPart {
+    /// Indices of the recipients in this part (non-empty).
+    pub items: Range<u64>,
+    /// For a bulk job, the byte range in the body from the part's first element's first
+    /// byte to its last element's last byte; for a single send, `0..body.len()`.
+    pub bytes: Range<u64>,
+}
+
+/// Where a part is in its life. `Succeeded`, `Failed` and `Cancelled` are final (until
+/// [`Store::retry_failed`] queues failed parts again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartState {
+    /// Waiting to be sent (maybe not before its `next_attempt_at`).
+    Queued,
+    /// Handed to the sender. Found in this state at startup, it was in flight at a crash
+    /// and is sent again.
+    InFlight,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// A job's state, derived from its parts by [`derive_state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Nothing has been attempted yet.
+    Queued,
+    /// Some parts are still to be sent, and something was attempted or finished.
+    InProgress,
+    /// Every part succeeded.
+    Succeeded,
+    /// Every part is final; some succeeded and some failed or were cancelled.
+    PartiallyFailed,
+    /// Every part is final and none succeeded (but not all were cancelled).
+    Failed,
+    /// Every part was cancelled.
+    Cancelled,
+}
+
+/// How many of a job's parts are in each state, and their attempts added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PartCounts {
+    pub queued: u64,
+    pub in_flight: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// The sum of every part's `attempts`.
+    pub attempts: u64,
+}
+
+/// A stored part, as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRecord {
+    /// The part's number within its job. Unique and never reused, but not in item order
+    /// after a split.
+    pub seq: u32,
+    pub items: Range<u64>,
+    pub bytes: Range<u64>,
+    pub state: PartState,
+    /// Sends that counted (a 429 does not).
+    pub attempts: u32,
+    /// HTTP status of the last answer, if one came.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed, in words.
+    pub last_error: Option<String>,
+    /// Not to be sent before this time (unix ms).
+    pub next_attempt_at: Option<i64>,
+    /// The upstream's final answer, once the part is finished.
+    pub response: Option<StoredResponse>,
+}
+
+/// The upstream's final answer for a part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// A stored job, as shown to its owner. Holds no API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRecord {
+    pub id: String,
+    pub owner: String,
+    pub route: String,
+    pub method: String,
+    pub path: String,
+    pub state: JobState,
+    /// Recipients in all parts.
+    pub recipients: u64,
+    /// Parts per state, for progress without reading the parts.
+    pub counts: PartCounts,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub skipped: Option<String>,
+    /// Ordered by `items.start`; empty in [`Store::list_jobs`].
+    pub parts: Vec<PartRecord>,
+}
+
+/// Everything the sender needs to send one part (its body comes from
+/// [`Store::part_body`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispatchable {
+    pub job_id: String,
+    pub seq: u32,
+    pub owner: String,
+    /// The key to send with; `None`: the proxy's own. Never log it.
+    pub api_key: Option<Vec<u8>>,
+    pub route: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub items: Range<u64>,
+    pub bytes: Range<u64>,
+    pub attempts: u32,
+    pub next_attempt_at: Option<i64>,
+    /// The job's `created_at`, for fair ordering.
+    pub created_at: i64,
+}
+
+/// Figures for metrics. Every state is listed, with 0 where there is none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreStats {
+    pub jobs: Vec<(JobState, u64)>,
+    pub parts: Vec<(PartState, u64)>,
+    /// Recipients in parts that are `Queued` or `InFlight`.
+    pub recipients_queued: u64,
+    /// Age in seconds of the oldest job that has a `Queued` or `InFlight` part, from its
+    /// `created_at`; `None` when nothing is waiting.
+    pub oldest_queued_secs: Option<f64>,
+    /// Size of the database file plus its WAL file.
+    pub db_bytes: u64,
+}
+
+/// A job's state from its part counts.
+///
+/// While any part is `Queued` or `InFlight`: `Queued` if nothing was ever attempted (every
+/// part has 0 attempts and none is final), else `InProgress`. Once all are final: all
+/// succeeded → `Succeeded`; all cancelled → `Cancelled`; none succeeded → `Failed`; some
+/// succeeded and some failed or were cancelled → `PartiallyFailed`.
+pub fn derive_state(counts: &PartCounts) -> JobState {
+    let finished = counts.succeeded + counts.failed + counts.cancelled;
+    if counts.queued + counts.in_flight > 0 {
+        return if counts.attempts == 0 && finished == 0 {
+            JobState::Queued
+        } else {
+            JobState::InProgress
+        };
+    }
+    if counts.succeeded == finished {
+        JobState::Succeeded
+    } else if counts.cancelled == finished {
+        JobState::Cancelled
+    } else if counts.succeeded == 0 {
+        JobState::Failed
+    } else {
+        JobState::PartiallyFailed
+    }
+}
+
+// === impl Synchronous ===
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
+// === impl Store ===
+
+impl Store {
+    /// Opens (or creates) `dir/sluice.db`: creates the dir (mode 0700) and the file (mode
+    /// 0600), turns on WAL, sets `synchronous`, creates or migrates the schema, and writes
+    /// a row as a test, so a store that cannot be written fails here, loudly, rather than
+    /// at the first accept.
+    pub fn open(dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
+        let path = dir.join(DB_FILE);
+        let open_error = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let conn = schema::open_writer(dir, &path, sync).map_err(open_error)?;
+        let readers = Arc::new(reader::Readers::new(path.clone()));
+        readers.warm().map_err(|e| open_error(Box::new(e)))?;
+        let writable = Arc::new(AtomicBool::new(true));
+        let (ops, queue) = mpsc::channel();
+        let flag = Arc::clone(&writable);
+        let thread = std::thread::Builder::new()
+            .name("sluice-store".into())
+            .spawn(move || writer::run(conn, queue, flag))
+            .map_err(|e| open_error(Box::new(e)))?;
+        Ok(Store {
+            writer: Some(ops),
+            thread: Some(thread),
+            readers,
+            writable,
+        })
+    }
+
+    /// Stores a new job, all its parts `Queued`. Resolves once it is committed.
+    pub async fn insert_job(&self, job: NewJob) -> Result<(), StoreError> {
+        self.write(move |c| changes::insert_job(c, &job)).await
+    }
+
+    /// The part is being sent: `attempts += 1`, state `InFlight`. Applies to a `Queued`
+    /// part, or an `InFlight` one being sent again after a restart; otherwise
+    /// [`StoreError::WrongState`] (e.g. cancelled meanwhile: do not send it).
+    pub async fn mark_in_flight(&self, job: &str, seq: u32, now_ms: i64) -> Result<(), StoreError> {
+        let job = job.to_owned();
+        self.write(move |c| changes::mark_in_flight(c, &job, seq, now_ms))
+            .await
+    }
+
+    /// An `InFlight` part goes back to `Queued`, not to be sent before `next_attempt_at`.
+    /// `count_attempt: false` (a 429) takes back the attempt that [`Store::mark_in_flight`]
+    /// counted. If the job was cancelled meanwhile, the part becomes `Cancelled` instead.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn schedule_retry(
+        &self,
+        job: &str,
+        seq: u32,
+        last_status: Option<u16>,
+        last_error: Option<String>,
+        next_attempt_at: i64,
+        count_attempt: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let job = job.to_owned();
+        let retry = changes::Retry {
+            last_status,
+            last_error,
+            next_attempt_at,
+            count_attempt,
+        };
+        self.write(move |c| changes::schedule_retry(c, &job, seq, retry, now_ms))
+            .await
+    }
+
+    /// A `Queued` or `InFlight` part is final: `state` is `Succeeded` or `Failed` (else
+    /// [`StoreError::Invalid`]), with the upstream's answer if one came.
+    pub async fn finish_part(
+        &self,
+        job: &str,
+        seq: u32,
+        state: PartState,
+        response: Option<StoredResponse>,
+        last_error: Option<String>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let job = job.to_owned();
+        self.write(move |c| changes::finish_part(c, &job, seq, state, response, last_error, now_ms))
+            .await
+    }
+
+    /// Replaces a `Queued` or `InFlight` part of a bulk job by smaller `Queued` parts,
+    /// which keep its attempts and last error. Their items must cover the old part's
+    /// exactly, in order, and their bytes lie within its bytes. Returns the new parts'
+    /// seqs, in the order given. If the job was cancelled meanwhile, they are `Cancelled`.
+    pub async fn split_part(
+        &self,
+        job: &str,
+        seq: u32,
+        into: Vec<NewPart>,
+        now_ms: i64,
+    ) -> Result<Vec<u32>, StoreError> {
+        let job = job.to_owned();
+        self.write(move |c| changes::split_part(c, &job, seq, &into, now_ms))
+            .await
+    }
+
+    /// Cancels the job's `Queued` parts (parts in flight finish, and are not retried).
+    /// Returns how many recipients were cancelled, or `None` if `owner` has no such job.
+    pub async fn cancel_job(
+        &self,
+        job: &str,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let (job, owner) = (job.to_owned(), owner.to_owned());
+        self.write(move |c| changes::cancel_job(c, &job, &owner, now_ms))
+            .await
+    }
+
+    /// Queues the job's `Failed` parts again (attempts 0, no wait, stored answer cleared).
+    /// This also lifts an earlier [`Store::cancel_job`], so parts sent from now on are
+    /// retried as usual; cancelled parts stay cancelled. Returns the re-queued parts' seqs,
+    /// or `None` if `owner` has no such job.
+    pub async fn retry_failed(
+        &self,
+        job: &str,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<Option<Vec<u32>>, StoreError> {
+        let (job, owner) = (job.to_owned(), owner.to_owned());
+        self.write(move |c| changes::retry_failed(c, &job, &owner, now_ms))
+            .await
+    }
+
+    /// The job with its parts, or `None` if `owner` has no such job.
+    pub async fn job(&self, id: &str, owner: &str) -> Result<Option<JobRecord>, StoreError> {
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        self.read(move |c| reader::job(c, &id, &owner)).await
+    }
+
+    /// The owner's jobs, newest first, at most `limit`, optionally in one state, and only
+    /// those before `before` = `(created_at, id)` of the last job of the previous page.
+    /// Parts are not read (empty).
+    pub async fn list_jobs(
+        &self,
+        owner: &str,
+        state: Option<JobState>,
+        limit: u32,
+        before: Option<(i64, String)>,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let owner = owner.to_owned();
+        self.read(move |c| reader::list_jobs(c, &owner, state, limit, before.as_ref()))
+            .await
+    }
+
+    /// Every `Queued` or `InFlight` part, oldest job first: at startup, all that is left
+    /// to send (an `InFlight` part was in flight at a crash and is sent again).
+    pub async fn unfinished(&self) -> Result<Vec<Dispatchable>, StoreError> {
+        self.read(reader::unfinished).await
+    }
+
+    /// The given parts of a job, those of them that are `Queued` or `InFlight`, in the
+    /// order given (e.g. after [`Store::split_part`] or [`Store::retry_failed`]).
+    pub async fn dispatchable(
+        &self,
+        job: &str,
+        seqs: &[u32],
+    ) -> Result<Vec<Dispatchable>, StoreError> {
+        let (job, seqs) = (job.to_owned(), seqs.to_vec());
+        self.read(move |c| reader::dispatchable(c, &job, &seqs))
+            .await
+    }
+
+    /// The request body for a part. For a bulk job: the body with its recipients array
+    /// replaced by `[` + `body[bytes]` + `]`, built in one allocation of the exact size
+    /// from only the byte ranges it needs. For a single send: the whole body (`bytes` is
+    /// not used).
+    pub async fn part_body(&self, job: &str, bytes: Range<u64>) -> Result<Bytes, StoreError> {
+        let job = job.to_owned();
+        self.read(move |c| reader::part_body(c, &job, bytes)).await
+    }
+
+    /// Figures for metrics; see [`StoreStats`]. Counts scan the jobs and parts indexes, so
+    /// call it at scrape intervals, not per request.
+    pub async fn stats(&self, now_ms: i64) -> Result<StoreStats, StoreError> {
+        let path = self.readers.path().to_owned();
+        self.read(move |c| reader::stats(c, &path, now_ms)).await
+    }
+
+    /// False after a write failed for the disk's sake (full, I/O error, read-only), until a
+    /// later commit succeeds: for `/readyz`. Every such failure is also logged and returned
+    /// to the caller as [`StoreError::Write`].
+    pub fn is_writable(&self) -> bool {
+        self.writable.load(Ordering::Acquire)
+    }
+
+    /// Sends `work` to the writer thread and waits for its commit.
+    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let ops = self.writer.as_ref().ok_or(StoreError::Closed)?;
+        ops.send(writer::op(work, reply))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `work` on a read connection on tokio's blocking pool.
+    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        match tokio::task::spawn_blocking(move || readers.run(work)).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once it has committed what was sent.
+        drop(self.writer.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the job store's writer thread panicked");
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Opening the database: the data dir and file modes, pragmas, the schema and its
+//! migrations, and the write test that makes an unwritable store fail at open.
+
+use std::error::Error;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::Synchronous;
+
+/// The database file's name in the data dir.
+pub const DB_FILE: &str = "sluice.db";
+
+/// The schema version this code writes (`PRAGMA user_version`). Each version's script is
+/// in [`MIGRATIONS`]; a database at version N runs the scripts after N, in order.
+const VERSION: i64 = 1;
+
+/// How long a connection waits for a lock before failing with SQLITE_BUSY. Only the
+/// writer writes, so this covers checkpoints and other processes opening the file.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Prepared statements kept per connection (every statement the store uses fits).
+const STATEMENT_CACHE: usize = 64;
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+///
+/// Version 1. `jobs.state` is derived from the `n_*` part counts and `attempts` (the sum of
+/// the parts' attempts), which are kept in step with `parts` by every write. The body has
+/// its own table so that job rows stay small for listing, and so that its rowid (the job's
+/// `no`) can be opened for incremental BLOB reads. States are stored as their snake_case
+/// names, readable with the `sqlite3` shell.
+const MIGRATIONS: [&str; VERSION as usize] = ["
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    no           INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    owner        TEXT NOT NULL,
+    route        TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    path         TEXT NOT NULL,
+    state        TEXT NOT NULL,
+    recipients   INTEGER NOT NULL,
+    n_queued     INTEGER NOT NULL,
+    n_in_flight  INTEGER NOT NULL,
+    n_succeeded  INTEGER NOT NULL,
+    n_failed     INTEGER NOT NULL,
+    n_cancelled  INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL,
+    created_at   INTEGER NOT NULL,
+    updated_at   INTEGER NOT NULL,
+    cancelled_at INTEGER,
+    array_start  INTEGER,
+    array_end    INTEGER,
+    skipped      TEXT,
+    headers      BLOB NOT NULL,
+    api_key      BLOB
+);
+CREATE INDEX IF NOT EXISTS jobs_owner_created ON jobs (owner, created_at, id);
+CREATE INDEX IF NOT EXISTS jobs_owner_state_created ON jobs (owner, state, created_at, id);
+CREATE TABLE IF NOT EXISTS bodies (
+    job_no INTEGER PRIMARY KEY,
+    body   BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS parts (
+    job_no          INTEGER NOT NULL,
+    seq             INTEGER NOT NULL,
+    item_start      INTEGER NOT NULL,
+    item_end        INTEGER NOT NULL,
+    byte_start      INTEGER NOT NULL,
+    byte_end        INTEGER NOT NULL,
+    state           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    last_status     INTEGER,
+    last_error      TEXT,
+    next_attempt_at INTEGER,
+    updated_at      INTEGER NOT NULL,
+    resp_status     INTEGER,
+    resp_headers    BLOB,
+    resp_body       BLOB,
+    PRIMARY KEY (job_no, seq)
+);
+CREATE INDEX IF NOT EXISTS parts_state ON parts (state, job_no);
+"];
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Opens the writing connection, creating the dir and the file if needed, and proves that
+/// the file can be written.
+pub(super) fn open_writer(
+    dir: &Path,
+    path: &Path,
+    sync: Synchronous,
+) -> Result<Connection, BoxError> {
+    create_private_dir(dir)?;
+    create_private_file(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("SQLite would not use WAL mode (journal_mode is {mode:?})").into());
+    }
+    conn.pragma_update(None, "synchronous", sync.pragma())?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    migrate(&conn)?;
+    write_test(&conn)?;
+    Ok(conn)
+}
+
+/// Opens a connection for reads only.
+pub(super) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// Brings the schema to [`VERSION`] in one transaction; refuses a newer database.
+fn migrate(conn: &Connection) -> Result<(), BoxError> {
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > VERSION {
+        return Err(format!(
+            "the database has schema version {found}, newer than this sluice knows ({VERSION}); \
+             it was written by a newer sluice"
+        )
+        .into());
+    }
+    let Ok(from) = usize::try_from(found) else {
+        return Err(format!("the database has a negative schema version ({found})").into());
+    };
+    if from == MIGRATIONS.len() {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    for script in &MIGRATIONS[from..] {
+        tx.execute_batch(script)?;
+    }
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Writes (and commits) a row, so that a file SQLite opened but cannot write fails now.
+fn write_test(conn: &Connection) -> Result<(), BoxError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES ('opens', 1)
+         ON CONFLICT (key) DO UPDATE SET value = value + 1",
+        [],
+    )
+    .map_err(|e| format!("the write test failed: {e}"))?;
+    Ok(())
+}
+
+/// Creates the data dir (and its parents) with mode 0700; warns if it already exists and
+/// other users may enter it.
+fn create_private_dir(dir: &Path) -> Result<(), BoxError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        let existed = dir.is_dir();
+        builder
+            .create(dir)
+            .map_err(|e| format!("cannot create the data dir {}: {e}", dir.display()))?;
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if existed && mode & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "the data dir holds client API keys but other users may read it; chmod 700 it"
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    builder
+        .create(dir)
+        .map_err(|e| format!("cannot create the data dir {}: {e}", dir.display()))?;
+    Ok(())
+}
+
+/// Creates the database file with mode 0600 before SQLite does (SQLite would use 0644
+/// less the umask), and tightens the mode of an existing one.
+fn create_private_file(path: &Path) -> Result<(), BoxError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        options
+            .open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    #[cfg(not(unix))]
+    options
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,356 @@
+//! The durable send queue end to end: the simulator and the proxy on loopback sockets,
+//! a real SQLite file in a temporary directory.
+
+mod common;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use serde_json::Value;
+use sluice::app::{self, Running as Proxy};
+use sluice::config::Config;
+use sluice::simulator::{HintMode, SimConfig};
+
+use common::sim::{bulk_body, campaign, phones, KEY};
+use common::{json, send, Running};
+
+/// Starts a proxy in front of `sim` with a fresh data dir; `tweak` adjusts the config.
+async fn proxy(sim: &Running, dir: &tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> Proxy {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.upstream.url = format!("http://{}", sim.addr);
+    config.retry.hint_jitter_ms = 20;
+    config.queue.synchronous = sluice::queue::store::Synchronous::Normal;
+    tweak(&mut config);
+    app::start(&config, None).await.expect("the proxy starts")
+}
+
+fn url(p: &Proxy, path: &str) -> String {
+    format!("http://{}{path}", p.addr)
+}
+
+async fn post(
+    p: &Proxy,
+    path: &str,
+    key: &str,
+    prefer: Option<&str>,
+    body: String,
+) -> (StatusCode, http::HeaderMap, Value) {
+    let mut headers = vec![("X-API-Key", key), ("Content-Type", "application/json")];
+    if let Some(pref) = prefer {
+        headers.push(("Prefer", pref));
+    }
+    let (status, h, body) = send(Method::POST, &url(p, path), &headers, body).await;
+    (
+        status,
+        h,
+        if body.is_empty() {
+            Value::Null
+        } else {
+            json(&body)
+        },
+    )
+}
+
+async fn get_job(p: &Proxy, id: &str, key: &str) -> (StatusCode, Value) {
+    let (status, _, body) = send(
+        Method::GET,
+        &url(p, &format!("/sluice/v1/jobs/{id}")),
+        &[("X-API-Key", key)],
+        "",
+    )
+    .await;
+    (status, json(&body))
+}
+
+/// Polls the job until `done` holds (bounded), returning its last JSON.
+async fn wait_job(p: &Proxy, id: &str, done: impl Fn(&Value) -> bool, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, job) = get_job(p, id, KEY).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        if done(&job) {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job did not get there in {within:?}: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sim_config(max_pending: u64, drain_rate: f64) -> SimConfig {
+    SimConfig {
+        max_pending,
+        drain_rate,
+        retry_after: 1,
+        hint: HintMode::Both,
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_of_450000_completes_against_max_pending_50000() {
+    let sim = Running::start(sim_config(50_000, 150_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |_| {}).await;
+    let id = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    let body = bulk_body(&phones(0, 450_000));
+    let path = format!("/api/v1/campaigns/{id}/bulk/sms");
+    let (status, headers, job) = post(&p, &path, KEY, Some("respond-async"), body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let job_id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        headers["location"],
+        format!("/sluice/v1/jobs/{job_id}").as_str()
+    );
+    assert_eq!(headers["preference-applied"], "respond-async");
+    assert_eq!(job["recipients"], 450_000);
+
+    let job = wait_job(
+        &p,
+        &job_id,
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(90),
+    )
+    .await;
+    assert_eq!(job["delivered"], 450_000);
+    assert_eq!(job["failed"], 0);
+    assert_eq!(job["acceptedCount"], 450_000);
+    let stats = sim.sim.stats();
+    assert_eq!(stats.recipients_accepted, 450_000, "{stats:?}");
+    assert_eq!(stats.distinct_recipients, 450_000, "{stats:?}");
+    assert_eq!(stats.duplicate_recipients, 0, "{stats:?}");
+    assert!(
+        stats.rate_limited > 0,
+        "the scenario must meet the capacity limit: {stats:?}"
+    );
+    assert!(stats.max_batch_after_first_429 <= 50_000, "{stats:?}");
+    assert_eq!(stats.early_retries, 0, "{stats:?}");
+}
+
+#[tokio::test]
+async fn single_send_waits_and_returns_the_apis_answer() {
+    let sim = Running::start(sim_config(50_000, 1_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |_| {}).await;
+    let id = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let path = format!("/api/v1/campaigns/{id}/messages/sms");
+    let body = r#"{"phoneNumber":"+38970123456","variables":{"name":"Ana"}}"#.to_string();
+    let (status, headers, answer) = post(&p, &path, KEY, None, body).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["status"], "Pending");
+    assert!(answer["messageId"].is_string());
+    let job_id = headers["x-sluice-job-id"].to_str().unwrap();
+    let (status, job) = get_job(&p, job_id, KEY).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["parts"][0]["lastStatus"], 201);
+}
+
+#[tokio::test]
+async fn prefer_wait_answers_202_when_the_job_is_not_done() {
+    let sim = Running::start(sim_config(50_000, 1_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |_| {}).await;
+    let id = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    sim.sim.set_max_pending(0);
+    let started = tokio::time::Instant::now();
+    let path = format!("/api/v1/campaigns/{id}/bulk/sms");
+    let (status, headers, job) =
+        post(&p, &path, KEY, Some("wait=1"), bulk_body(&phones(0, 10))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(headers["preference-applied"], "wait=1");
+    assert!(
+        matches!(job["state"].as_str(), Some("queued" | "in_progress")),
+        "{job}"
+    );
+    // Once the API has room again the job finishes by itself.
+    sim.sim.set_max_pending(50_000);
+    let job_id = job["id"].as_str().unwrap();
+    let job = wait_job(
+        &p,
+        job_id,
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(job["delivered"], 10);
+}
+
+#[tokio::test]
+async fn a_final_400_is_a_dead_letter_that_replays_after_the_cause_is_fixed() {
+    let sim = Running::start(sim_config(50_000, 1_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |_| {}).await;
+    let id = campaign(&sim, KEY, "Bulk", "SMS", false).await; // still Draft
+    let path = format!("/api/v1/campaigns/{id}/bulk/sms");
+    let (status, headers, answer) = post(&p, &path, KEY, None, bulk_body(&phones(0, 5))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["error"], "Campaign is not active");
+    let job_id = headers["x-sluice-job-id"].to_str().unwrap().to_string();
+    let (_, job) = get_job(&p, &job_id, KEY).await;
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["failed"], 5);
+    assert_eq!(job["parts"][0]["lastStatus"], 400);
+    assert_eq!(p.metrics.dead_letters.with_label_values(&["bulk"]).get(), 1);
+
+    let (status, _, _) = common::sim::call(
+        &sim,
+        Method::POST,
+        &format!("/api/v1/campaigns/{id}/start"),
+        Some(KEY),
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, job) = post(
+        &p,
+        &format!("/sluice/v1/jobs/{job_id}/retry"),
+        KEY,
+        None,
+        String::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    let job = wait_job(
+        &p,
+        &job_id,
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(job["delivered"], 5);
+    assert_eq!(sim.sim.stats().recipients_accepted, 5);
+}
+
+#[tokio::test]
+async fn cancel_stops_what_was_not_sent_and_other_keys_see_nothing() {
+    let sim = Running::start(SimConfig {
+        api_keys: vec![KEY.into(), "other-key".into()],
+        ..sim_config(50_000, 1_000.0)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |_| {}).await;
+    let id = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    sim.sim.set_max_pending(0);
+    let path = format!("/api/v1/campaigns/{id}/bulk/sms");
+    let (status, _, job) = post(
+        &p,
+        &path,
+        KEY,
+        Some("respond-async"),
+        bulk_body(&phones(0, 20)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job_id = job["id"].as_str().unwrap().to_string();
+
+    // Another key cannot see, cancel or replay it: the same 404 as an unknown id.
+    let (status, body) = get_job(&p, &job_id, "other-key").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "Not Found", "message": "Job not found"})
+    );
+    let (status, _, _) = send(
+        Method::DELETE,
+        &url(&p, &format!("/sluice/v1/jobs/{job_id}")),
+        &[("X-API-Key", "other-key")],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = send(
+        Method::GET,
+        &url(&p, "/sluice/v1/jobs"),
+        &[("X-API-Key", "other-key")],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["jobs"], serde_json::json!([]));
+
+    // Wait until the API has refused the part at least once, then cancel.
+    common::wait_until(
+        || sim.sim.stats().rate_limited >= 1,
+        Duration::from_secs(5),
+        "a 429",
+    )
+    .await;
+    let (status, _, body) = send(
+        Method::DELETE,
+        &url(&p, &format!("/sluice/v1/jobs/{job_id}")),
+        &[("X-API-Key", KEY)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let job = json(&body);
+    assert_eq!(job["state"], "cancelled", "{job}");
+    sim.sim.set_max_pending(50_000);
+    let (_, job) = get_job(&p, &job_id, KEY).await;
+    assert_eq!(job["state"], "cancelled");
+    assert_eq!(sim.sim.stats().recipients_accepted, 0);
+    // Listing by state finds it.
+    let (_, _, body) = send(
+        Method::GET,
+        &url(&p, "/sluice/v1/jobs?state=cancelled"),
+        &[("X-API-Key", KEY)],
+        "",
+    )
+    .await;
+    assert_eq!(json(&body)["jobs"][0]["id"], job_id.as_str());
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_in_the_apis_format() {
+    let sim = Running::start(sim_config(50_000, 1_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| c.queue.max_queued_recipients = 10).await;
+    let id = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    let path = format!("/api/v1/campaigns/{id}/bulk/sms");
+    let (status, headers, body) = post(&p, &path, KEY, None, bulk_body(&phones(0, 11))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(
+        headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(body["error"], "Rate limit exceeded");
+    assert_eq!(body["currentPending"], 0);
+    assert_eq!(body["requestedCount"], 11);
+    assert_eq!(body["maxAllowed"], 10);
+    assert_eq!(body["availableCapacity"], 10);
+    assert!(body["retryAfterSeconds"].as_u64().unwrap() >= 1);
+    assert_eq!(sim.sim.stats().sends, 0);
+}
+
+#[tokio::test]
+async fn a_malformed_bulk_body_is_a_400_in_the_seed_envelope() {
+    let sim = Running::start(sim_config(50_000, 1_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |_| {}).await;
+    let path = "/api/v1/campaigns/1/bulk/sms";
+    for bad in [
+        "not json",
+        r#"{"recipients": "x"}"#,
+        r#"{"recipients": []}"#,
+        r#"{"to": []}"#,
+    ] {
+        let (status, _, body) = post(&p, path, KEY, None, bad.to_string()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(body["error"], "Bad Request");
+        assert!(body["message"].as_str().unwrap().len() > 10);
+    }
+    assert_eq!(sim.sim.stats().requests, 0);
+}
