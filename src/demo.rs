@@ -42,12 +42,18 @@ pub fn sim_config(args: &SimulateArgs) -> SimConfig {
     }
 }
 
+/// The demo's simulated API: `maxAllowed` 50000, draining 25000 messages a second.
+const MAX_PENDING: u64 = 50_000;
+const DRAIN_RATE: f64 = 25_000.0;
+/// The size of the large send the demo makes (9 times `maxAllowed`).
+const LARGE: u64 = 450_000;
+
 /// Runs the demo until `shutdown`.
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
-    std::fs::create_dir_all(&args.data_dir)?;
+    create_private_dir(&args.data_dir)?;
     let sim = Simulator::new(SimConfig {
-        max_pending: 50_000,
-        drain_rate: 1_000.0,
+        max_pending: MAX_PENDING,
+        drain_rate: DRAIN_RATE,
         retry_after: 2,
         hint: HintMode::Both,
         api_keys: vec![DEMO_KEY.to_string()],
@@ -56,7 +62,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
     let sim_listener = TcpListener::bind(args.sim_listen).await?;
     let sim_addr = sim_listener.local_addr()?;
     let stop = shutdown.clone();
-    tokio::spawn(simulator::serve(sim_listener, sim, async move {
+    tokio::spawn(simulator::serve(sim_listener, sim.clone(), async move {
         stop.cancelled().await
     }));
 
@@ -77,6 +83,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
             Method::POST,
             "/api/v1/templates",
             r#"{"name":"demo","templateContent":"Hello {{name}}","channel":"SMS"}"#,
+            false,
         )
         .await?;
     let template_id = template["id"].clone();
@@ -87,46 +94,105 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
             &format!(
                 r#"{{"name":"demo","type":"Bulk","channel":"SMS","templateId":{template_id}}}"#
             ),
+            false,
         )
         .await?;
     let id = campaign["id"].clone();
     via_proxy
-        .call(Method::POST, &format!("/api/v1/campaigns/{id}/start"), "")
+        .call(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/start"),
+            "",
+            false,
+        )
         .await?;
     let fill = args.data_dir.join("bulk-50000.json");
     let small = args.data_dir.join("bulk-5000.json");
-    write_bulk(&fill, 50_000, 0)?;
-    write_bulk(&small, 5_000, 50_000)?;
+    let large = args.data_dir.join("bulk-450000.json");
+    write_bulk(&fill, MAX_PENDING, 0)?;
+    write_bulk(&small, 5_000, 1_000_000)?;
+    write_bulk(&large, LARGE, 2_000_000)?;
 
-    println!("sluice demo\n  simulated API  {sim_url}   (key {DEMO_KEY}, maxAllowed 50000, drains 1000/s, Retry-After 2 s)\n  proxy          {proxy}\n  admin          {admin}/metrics\n");
-    println!("Self-check: filling the pending capacity, then sending 5000 more through the proxy…");
+    println!("sluice demo\n  simulated API  {sim_url}   (key {DEMO_KEY}, maxAllowed {MAX_PENDING}, drains {DRAIN_RATE}/s, Retry-After 2 s)\n  proxy          {proxy}\n  admin          {admin}/metrics\n");
     let bulk = format!("/api/v1/campaigns/{id}/bulk/sms");
+    let limited = || {
+        running
+            .metrics
+            .upstream_rate_limited
+            .with_label_values(&["bulk"])
+            .get()
+    };
+
+    println!("1. A send meets a full API: filling the pending capacity, then sending 5000 more through the proxy…");
     direct
-        .call(Method::POST, &bulk, &std::fs::read_to_string(&fill)?)
+        .call(Method::POST, &bulk, &std::fs::read_to_string(&fill)?, false)
         .await?;
     let started = Instant::now();
     let answer = via_proxy
-        .call(Method::POST, &bulk, &std::fs::read_to_string(&small)?)
+        .call(
+            Method::POST,
+            &bulk,
+            &std::fs::read_to_string(&small)?,
+            false,
+        )
         .await?;
-    let limited: u64 = running
-        .metrics
-        .upstream_rate_limited
-        .with_label_values(&["passthrough"])
-        .get();
     println!(
-        "  the API said 429 {limited} time(s); the proxy waited out each hint and the client got {answer} after {:.1} s\n",
+        "   the API said 429 {} time(s); sluice waited out the hint and the client got {answer} after {:.1} s\n",
+        limited(),
         started.elapsed().as_secs_f64()
     );
 
-    println!("Try it yourself (while the capacity is full the proxy holds your request):");
-    println!("  curl -s {sim_url}{bulk} -H 'X-API-Key: {DEMO_KEY}' -H 'Content-Type: application/json' --data-binary @{}", fill.display());
-    println!("  time curl -s {proxy}{bulk} -H 'X-API-Key: {DEMO_KEY}' -H 'Content-Type: application/json' --data-binary @{}", small.display());
+    println!("2. A send of {LARGE} recipients, 9 times what the API lets a company have pending…");
+    let before = (limited(), sim.stats().sends);
+    let started = Instant::now();
+    let job = via_proxy
+        .call(Method::POST, &bulk, &std::fs::read_to_string(&large)?, true)
+        .await?;
+    let job_id = job["id"].as_str().unwrap_or_default().to_string();
+    println!("   accepted at once as job {job_id}; following it:");
+    let job = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        let job = via_proxy
+            .call(Method::GET, &format!("/sluice/v1/jobs/{job_id}"), "", false)
+            .await?;
+        println!(
+            "   {:>5.1} s  {:<11} delivered {:>6} of {LARGE}",
+            started.elapsed().as_secs_f64(),
+            job["state"].as_str().unwrap_or(""),
+            job["delivered"]
+        );
+        if job["state"] != "queued" && job["state"] != "in_progress" {
+            break job;
+        }
+    };
+    let stats = sim.stats();
+    println!(
+        "   {} in {:.1} s (the drain rate allows {:.1} s at best): {} upstream requests, {} of them 429s; the API saw {} distinct recipients, {} twice\n",
+        job["state"].as_str().unwrap_or(""),
+        started.elapsed().as_secs_f64(),
+        (LARGE - MAX_PENDING) as f64 / DRAIN_RATE,
+        stats.sends - before.1,
+        limited() - before.0,
+        stats.distinct_recipients,
+        stats.duplicate_recipients
+    );
+
+    println!("Try it yourself:");
+    println!("  # fill the capacity and send more through the proxy at once: curl waits, then gets the API's 202");
+    println!("  curl -s {sim_url}{bulk} -H 'X-API-Key: {DEMO_KEY}' -H 'Content-Type: application/json' --data-binary @{} >/dev/null; time curl -si {proxy}{bulk} -H 'X-API-Key: {DEMO_KEY}' -H 'Content-Type: application/json' --data-binary @{}", fill.display(), small.display());
+    println!("  # a large send, answered at once with a job to follow");
+    println!("  curl -si {proxy}{bulk} -H 'X-API-Key: {DEMO_KEY}' -H 'Prefer: respond-async' -H 'Content-Type: application/json' --data-binary @{}", large.display());
+    println!("  curl -s {proxy}/sluice/v1/jobs/{job_id} -H 'X-API-Key: {DEMO_KEY}'");
+    println!(
+        "  curl -s '{proxy}/sluice/v1/jobs?state=succeeded&limit=5' -H 'X-API-Key: {DEMO_KEY}'"
+    );
     println!("  curl -s {proxy}/api/v1/campaigns/{id} -H 'X-API-Key: {DEMO_KEY}'");
     println!("  curl -s {proxy}/api/v1/templates/999 -H 'X-API-Key: {DEMO_KEY}'      # the API's own 404, passed through");
     println!("  curl -s {proxy}/api/v1/viber-services                                  # the API's own 401");
-    println!(
-        "  curl -s {admin}/metrics | grep -E '^sluice_(upstream_rate_limited|retries|cooldowns)'"
-    );
+    println!("  curl -s {admin}/metrics | grep -E '^sluice_(upstream_rate_limited|retries|queue_parts_split|queue_recipients_delivered)'");
     println!("  curl -s {sim_url}/_sim/stats");
     println!("\nCtrl-C to stop.");
 
@@ -134,6 +200,15 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
     running.shutdown();
     running.wait().await?;
     Ok(())
+}
+
+/// Creates the data directory readable by its owner only (it holds the job store).
+fn create_private_dir(path: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(path)
 }
 
 /// A bulk body of `n` recipients numbered from `first`.
@@ -163,18 +238,23 @@ impl Client {
         Ok(Self(Upstream::new(&cfg)?))
     }
 
+    /// One JSON call with the demo key; `respond_async` adds `Prefer: respond-async`.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: &str,
+        respond_async: bool,
     ) -> Result<serde_json::Value, BoxError> {
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(self.0.uri_for(Some(&path.parse()?)))
             .header("x-api-key", DEMO_KEY)
-            .header("content-type", "application/json")
-            .body(Body::from(Bytes::copy_from_slice(body.as_bytes())))?;
+            .header("content-type", "application/json");
+        if respond_async {
+            req = req.header("prefer", "respond-async");
+        }
+        let req = req.body(Body::from(Bytes::copy_from_slice(body.as_bytes())))?;
         let resp = self.0.send(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();

@@ -354,3 +354,45 @@ async fn a_malformed_bulk_body_is_a_400_in_the_seed_envelope() {
     }
     assert_eq!(sim.sim.stats().requests, 0);
 }
+
+#[tokio::test]
+async fn a_finished_multi_part_send_answers_with_the_aggregate() {
+    let sim = Running::start(sim_config(50_000, 1_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| {
+        let mut routes = sluice::routes::defaults();
+        routes[0].max_recipients_per_request = 25;
+        c.routes = Some(routes);
+    })
+    .await;
+    let id = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    let path = format!("/api/v1/campaigns/{id}/bulk/sms");
+    let (status, headers, answer) = post(&p, &path, KEY, None, bulk_body(&phones(0, 60))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["state"], "succeeded");
+    assert_eq!(answer["acceptedCount"], 60);
+    assert_eq!(answer["campaignId"], id);
+    assert_eq!(answer["id"], headers["x-sluice-job-id"].to_str().unwrap());
+    let sizes: Vec<u64> = answer["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["recipients"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, vec![25, 25, 10]);
+    assert!(answer["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["lastStatus"] == 202));
+    // Each part went up with its own idempotency key; the simulator saw every recipient once.
+    let stats = sim.sim.stats();
+    assert_eq!(
+        (
+            stats.sends,
+            stats.distinct_recipients,
+            stats.duplicate_recipients
+        ),
+        (3, 60, 0)
+    );
+}

@@ -368,7 +368,7 @@ fn finished_answer(job: &JobRecord) -> Response<Body> {
             .and_then(|s| StatusCode::from_u16(s).ok())
             .unwrap_or(StatusCode::BAD_GATEWAY),
     };
-    let mut resp = api::json_response(status, &JobView::new(job));
+    let mut resp = api::json_response(status, &JobView::new(job).with_api_fields());
     insert_job_header(resp.headers_mut(), &job.id);
     resp
 }

@@ -32,6 +32,10 @@ pub struct JobView<'a> {
     pub skipped: Option<&'a RawValue>,
     pub created_at: String,
     pub updated_at: String,
+    /// Fields of the API's own answer carried over into an aggregate (see
+    /// [`JobView::with_api_fields`]).
+    #[serde(flatten)]
+    pub api_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -100,7 +104,33 @@ impl<'a> JobView<'a> {
                 .and_then(|s| serde_json::from_str::<&RawValue>(s).ok()),
             created_at: rfc3339(job.created_at),
             updated_at: rfc3339(job.updated_at),
+            api_fields: serde_json::Map::new(),
         }
+    }
+
+    /// For the answer to a finished multi-part send: the top-level fields of the first
+    /// succeeded part's API answer (e.g. `campaignId`) that the job JSON does not have
+    /// already, so a client reading the API's usual fields finds them (`acceptedCount`
+    /// is the sum over all parts).
+    pub fn with_api_fields(mut self) -> Self {
+        let first = self
+            .parts
+            .iter()
+            .find(|p| p.state == PartState::Succeeded)
+            .and_then(|p| p.response)
+            .and_then(|raw| {
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get()).ok()
+            });
+        if let Some(fields) = first {
+            let own = serde_json::to_value(&self).ok();
+            for (name, value) in fields {
+                let taken = own.as_ref().is_some_and(|o| o.get(&name).is_some());
+                if !taken && name != "acceptedCount" {
+                    self.api_fields.insert(name, value);
+                }
+            }
+        }
+        self
     }
 }
 
