@@ -128,3 +128,30 @@ async fn sigkill_mid_dispatch_loses_nothing() {
     // at most maxAllowed = 50000) may have been sent twice.
     assert!(stats.duplicate_recipients <= 2 * 50_000, "{stats:?}");
 }
+
+#[test]
+fn serve_fails_loudly_when_the_store_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    // A data dir that is a regular file cannot hold a database.
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&not_a_dir)
+        .output()
+        .expect("the binary runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("job store"), "{stderr}");
+    assert!(
+        stderr.contains(&not_a_dir.display().to_string()),
+        "{stderr}"
+    );
+}

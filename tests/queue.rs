@@ -396,3 +396,45 @@ async fn a_finished_multi_part_send_answers_with_the_aggregate() {
         (3, 60, 0)
     );
 }
+
+#[tokio::test]
+async fn a_queued_send_goes_up_with_its_key_request_id_and_idempotency_key() {
+    let up = common::Server::start(common::echo()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::proxy_config(&up.base(), |c| c.routes = None);
+    config.server.data_dir = dir.path().to_path_buf();
+    let p = app::start(&config, None).await.unwrap();
+    let body = r#"{"phoneNumber":"+38970123456","variables":{"name":"Ana"}}"#;
+    let headers = [
+        ("X-API-Key", "  client-key "),
+        ("X-Request-ID", "req-42"),
+        ("Prefer", "wait=10"),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, h, answer) = send(
+        Method::POST,
+        &url(&p, "/api/v1/campaigns/9/messages/sms?x=1"),
+        &headers,
+        body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let job_id = h["x-sluice-job-id"].to_str().unwrap().to_string();
+    let seen = common::Echoed::parse(&answer);
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.path, "/api/v1/campaigns/9/messages/sms");
+    assert_eq!(seen.query.as_deref(), Some("x=1"));
+    assert_eq!(seen.body, body.as_bytes());
+    assert_eq!(seen.header("x-api-key"), Some("client-key"));
+    assert_eq!(seen.header("x-request-id"), Some("req-42"));
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    assert_eq!(
+        seen.header("idempotency-key"),
+        Some(format!("{job_id}-0-1").as_str())
+    );
+    assert_eq!(
+        seen.header("prefer"),
+        None,
+        "Prefer is for sluice, not the API"
+    );
+}

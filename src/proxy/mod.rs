@@ -127,6 +127,7 @@ impl Inner {
         let idempotent = retry::is_idempotent(&parts.method);
         let started = Instant::now();
         let mut failures = 0u32;
+        let mut attempts = 0u32;
 
         loop {
             let permit = match key.id {
@@ -154,6 +155,7 @@ impl Inner {
             *attempt.headers_mut() = parts.headers.clone();
 
             let sent_at = Instant::now();
+            attempts += 1;
             let result = self.upstream.send(attempt).await;
             self.metrics
                 .upstream_duration
@@ -162,14 +164,23 @@ impl Inner {
 
             let mut failed = None;
             let (outcome, resp) = match result {
-                Ok(resp) => (Outcome::Status(resp.status()), Some(resp)),
+                Ok(resp) => {
+                    tracing::info!(
+                        route = ROUTE,
+                        attempt = attempts,
+                        status = resp.status().as_u16(),
+                        duration_ms = sent_at.elapsed().as_millis() as u64,
+                        "upstream attempt"
+                    );
+                    (Outcome::Status(resp.status()), Some(resp))
+                }
                 Err(AttemptError::BodyTooLarge) => {
                     return Err(ProxyError::BodyTooLarge {
                         limit: self.max_body,
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(attempt = failures + 1, error = %e, "upstream attempt failed");
+                    tracing::warn!(route = ROUTE, attempt = attempts, error = %e, "upstream attempt failed");
                     let outcome = e.outcome();
                     failed = Some(e);
                     (outcome, None)

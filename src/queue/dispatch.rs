@@ -381,8 +381,13 @@ impl Inner {
         };
         self.metrics.count_attempt(&part.route, outcome);
         let attempts = part.attempts + 1;
+        let request_id = part
+            .headers
+            .iter()
+            .find(|(name, _)| name == crate::request_id::HEADER)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         tracing::info!(
-            job = %part.job_id, part = part.seq, route = %part.route, recipients = n, attempt = attempts,
+            request_id, job = %part.job_id, part = part.seq, route = %part.route, recipients = n, attempt = attempts,
             status = stored.as_ref().map(|s| s.status.as_u16()), error = error.as_deref(),
             "upstream send attempt"
         );
