@@ -88,6 +88,7 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         keys.clone(),
         metrics.clone(),
         own_key.clone(),
+        health.clone(),
         shutdown.clone(),
     )
     .await?;

@@ -28,8 +28,6 @@ pub enum ProxyError {
     AbsoluteForm,
     #[error("sluice forwards only to its configured messaging API; CONNECT tunnels are refused.")]
     Connect,
-    #[error("sluice is shutting down; retry against another instance or in a moment.")]
-    ShuttingDown,
 }
 
 // === impl ProxyError ===
@@ -44,7 +42,6 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -438,3 +438,36 @@ async fn a_queued_send_goes_up_with_its_key_request_id_and_idempotency_key() {
         "Prefer is for sluice, not the API"
     );
 }
+
+#[tokio::test]
+async fn per_key_request_limit_paces_the_sends() {
+    let sim = Running::start(sim_config(50_000, 1_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| c.queue.requests_per_sec = 10).await;
+    let id = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let path = format!("/api/v1/campaigns/{id}/messages/sms");
+    let started = tokio::time::Instant::now();
+    let mut jobs = Vec::new();
+    for i in 0..25 {
+        let body = format!(r#"{{"phoneNumber":"+3897012{i:04}"}}"#);
+        let (status, _, job) = post(&p, &path, KEY, Some("respond-async"), body).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        jobs.push(job["id"].as_str().unwrap().to_string());
+    }
+    for job in &jobs {
+        wait_job(
+            &p,
+            job,
+            |j| j["state"] == "succeeded",
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    // A burst of 10, then 10 a second: the last of 25 cannot go before 1.5 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sim.sim.stats().recipients_accepted, 25);
+}

@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::{self, Cut};
 use super::store::{Dispatchable, NewPart, PartState, Store, StoreError, StoredResponse};
+use crate::admin::Health;
 use crate::apikey::{ApiKey, KeyId};
 use crate::keystate::{KeyState, Stored};
 use crate::metrics::{GaugeGuard, Metrics};
@@ -63,6 +64,8 @@ pub struct DispatchSettings {
     pub max_age: Duration,
     pub requests_per_sec: u32,
     pub recipients_per_sec: u32,
+    /// Told whether each attempt reached the API (for `/readyz`).
+    pub health: Arc<Health>,
 }
 
 /// Recipients and bytes accepted and not yet final: the back-pressure figures.
@@ -380,6 +383,9 @@ impl Inner {
             Err(e) => (e.outcome(), None, Some(e.to_string())),
         };
         self.metrics.count_attempt(&part.route, outcome);
+        self.settings
+            .health
+            .upstream_reached(!matches!(outcome, Outcome::Connect));
         let attempts = part.attempts + 1;
         let request_id = part
             .headers

@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::Health;
 use crate::apikey::ApiKey;
 use crate::config::Config;
 use crate::keystate::KeyState;
@@ -60,6 +61,7 @@ impl Queue {
         keys: Arc<KeyState>,
         metrics: Arc<Metrics>,
         own_key: Option<ApiKey>,
+        health: Arc<Health>,
         shutdown: CancellationToken,
     ) -> Result<Self, StoreError> {
         let store = Arc::new(Store::open(
@@ -81,6 +83,7 @@ impl Queue {
                 max_age: Duration::from_secs(q.max_age_secs),
                 requests_per_sec: q.requests_per_sec,
                 recipients_per_sec: q.recipients_per_sec,
+                health,
             },
             shutdown,
         );
