@@ -142,7 +142,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
         started.elapsed().as_secs_f64()
     );
 
-    println!("2. A send of {LARGE} recipients, 9 times what the API lets a company have pending…");
+    println!("2. A send of {LARGE} recipients, 9 times what the API lets a company have pending, while the API fails 5% of requests with a 500…");
+    sim.set_fail_rate(0.05);
     let before = (limited(), sim.stats().sends);
     let started = Instant::now();
     let job = via_proxy
@@ -168,16 +169,41 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
             break job;
         }
     };
+    sim.set_fail_rate(0.0);
     let stats = sim.stats();
     println!(
-        "   {} in {:.1} s (the drain rate allows {:.1} s at best): {} upstream requests, {} of them 429s; the API saw {} distinct recipients, {} twice\n",
+        "   {} in {:.1} s (the drain rate allows {:.1} s at best): {} upstream requests, {} of them 429s and {} injected 500s, all retried; the API saw {} distinct recipients, {} twice\n",
         job["state"].as_str().unwrap_or(""),
         started.elapsed().as_secs_f64(),
         (LARGE - MAX_PENDING) as f64 / DRAIN_RATE,
         stats.sends - before.1,
         limited() - before.0,
+        stats.injected_failures,
         stats.distinct_recipients,
         stats.duplicate_recipients
+    );
+
+    println!("3. A send to a campaign that was never started…");
+    let draft = via_proxy
+        .call(
+            Method::POST,
+            "/api/v1/campaigns",
+            r#"{"name":"draft","type":"Bulk","channel":"SMS"}"#,
+            false,
+        )
+        .await?;
+    let draft_bulk = format!("/api/v1/campaigns/{}/bulk/sms", draft["id"]);
+    let refused = via_proxy
+        .call(
+            Method::POST,
+            &draft_bulk,
+            &std::fs::read_to_string(&small)?,
+            false,
+        )
+        .await;
+    println!(
+        "   the API's own 400 comes back as is ({}); the job keeps it as a dead letter, replayable with POST /sluice/v1/jobs/{{id}}/retry once the campaign is started\n",
+        refused.err().map(|e| e.to_string()).unwrap_or_default()
     );
 
     println!("Try it yourself:");

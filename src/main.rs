@@ -75,7 +75,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Command::Demo(args) => {
             let mut config = Config::default();
             config.log.format = LogFormat::Text;
-            config.log.level = "warn".into();
+            config.log.level = "error".into();
             init_logging(&cli.log_format, &cli.log_level, &config);
             demo::run(args, shutdown).await?;
         }
