@@ -2,13 +2,16 @@
 //!
 //! Run with `cargo run --release --example split_speed [strings|objects]`. Builds two bodies of 1,000,000
 //! recipients each (plain strings, and objects with variables), then times `scan` over
-//! each (best of several runs) and `write_part` for 200,000-recipient parts, printing MB/s
-//! and the process's peak resident memory.
+//! each (best of several runs), the same single pass with the recipients validation of
+//! `sluice::validate` riding on it (`scan_with` + `RecipientsCheck`), and `write_part` for
+//! 200,000-recipient parts, printing MB/s and the process's peak resident memory.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use sluice::split::{chunks, part_len, scan, write_part};
+use sluice::split::{chunks, part_len, scan, scan_with, write_part};
+use sluice::validate::recipients::{RecipientsCheck, Verdict};
+use sluice::validate::InvalidRecipients;
 
 const N: usize = 1_000_000;
 const RUNS: usize = 7;
@@ -72,6 +75,18 @@ fn measure(name: &str, body: &[u8]) {
         black_box((visited, l));
     }
 
+    // The same pass with every recipient validated (all are valid: the common case).
+    let mut best_validated = Duration::MAX;
+    for _ in 0..RUNS {
+        let mut check = RecipientsCheck::new(InvalidRecipients::Reject);
+        let start = Instant::now();
+        let l = scan_with(black_box(body), "/recipients", &mut check).expect("scan");
+        let verdict = check.verdict(InvalidRecipients::Reject, l.items.len());
+        best_validated = best_validated.min(start.elapsed());
+        assert_eq!(verdict, Verdict::SendAll);
+        black_box(l);
+    }
+
     let mut best_write = Duration::MAX;
     let mut written = 0;
     let mut out = Vec::new();
@@ -87,11 +102,15 @@ fn measure(name: &str, body: &[u8]) {
         best_write = best_write.min(start.elapsed());
     }
     println!(
-        "{name}: body {:.1} MB; scan {:.1} ms = {:.0} MB/s; write 5 parts {:.1} ms = {:.0} MB/s written; \
+        "{name}: body {:.1} MB; scan {:.1} ms = {:.0} MB/s; scan + validation {:.1} ms = {:.0} MB/s \
+         (+{:.0}%); write 5 parts {:.1} ms = {:.0} MB/s written; \
          one scan's extra peak memory {:.1} MB = {:.2}x body",
         body.len() as f64 / 1e6,
         best_scan.as_secs_f64() * 1e3,
         mbps(body.len(), best_scan),
+        best_validated.as_secs_f64() * 1e3,
+        mbps(body.len(), best_validated),
+        (best_validated.as_secs_f64() / best_scan.as_secs_f64() - 1.0) * 100.0,
         best_write.as_secs_f64() * 1e3,
         mbps(written, best_write),
         (rss_after - rss_before) as f64 / 1024.0,

@@ -127,6 +127,15 @@ impl fmt::Debug for KeyId {
     }
 }
 
+/// True when a request will go upstream with some key: the client's (not blank) or, when
+/// it sent none, `own`. [`resolve`] without changing anything.
+pub fn present(headers: &HeaderMap, own: Option<&ApiKey>) -> bool {
+    own.is_some()
+        || headers
+            .get(HEADER)
+            .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty())
+}
+
 /// Cleans the key header of an outgoing request in place: trims surrounding white space
 /// (the API refuses padded keys), drops a blank one, and injects `own` when the client
 /// sent none. Every value left is marked sensitive so `Debug` output hides it.

@@ -26,9 +26,11 @@ use crate::proxy::{self, Proxy, Settings};
 use crate::queue::jobs_api;
 use crate::queue::store::StoreError;
 use crate::queue::Queue;
-use crate::request_id;
+use crate::request_id::{self, RouteName};
+use crate::routes::RouteKind;
 use crate::server::{self, ServeOptions};
 use crate::upstream::{self, Upstream};
+use crate::validate;
 
 /// A started proxy: its bound addresses and the handle to stop it.
 pub struct Running {
@@ -55,6 +57,9 @@ pub enum StartError {
 struct Front {
     proxy: Proxy,
     queue: Queue,
+    metrics: Arc<Metrics>,
+    own_key: Option<ApiKey>,
+    max_body: u64,
 }
 
 /// Binds both listeners and starts serving.
@@ -96,7 +101,7 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         upstream,
         Settings {
             keys: keys.clone(),
-            own_key,
+            own_key: own_key.clone(),
             max_body: config.server.max_body_bytes,
             retry_buffer: config.upstream.retry_buffer_bytes,
             health: health.clone(),
@@ -109,6 +114,9 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         .with_state(Front {
             proxy,
             queue: queue.clone(),
+            metrics: metrics.clone(),
+            own_key,
+            max_body: config.server.max_body_bytes,
         })
         .merge(jobs_api::router(queue.clone()))
         .layer(from_fn_with_state(metrics.clone(), request_id::layer));
@@ -133,7 +141,8 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
     })
 }
 
-/// Sends matching a route go to the queue; everything else passes through.
+/// Sends matching a route go to the queue; template creations are checked and pass
+/// through; everything else passes through.
 async fn front(State(front): State<Front>, req: Request) -> Response<Body> {
     let route = front
         .queue
@@ -141,6 +150,22 @@ async fn front(State(front): State<Front>, req: Request) -> Response<Body> {
         .find(req.method(), req.uri().path())
         .cloned();
     let req = match route {
+        Some(route) if route.kind == RouteKind::Template => {
+            let checked = validate::gate::template(
+                &route,
+                &front.metrics,
+                front.max_body,
+                front.own_key.as_ref(),
+                req,
+            )
+            .await;
+            let mut resp = match checked {
+                Ok(req) => proxy::handle(State(front.proxy), req).await,
+                Err(resp) => resp,
+            };
+            resp.extensions_mut().insert(RouteName(route.label()));
+            return resp;
+        }
         Some(route) => match front.queue.accept(&route, req).await {
             Ok(resp) => return resp,
             Err(req) => req,

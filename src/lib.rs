@@ -11,6 +11,8 @@
 //!   cooldowns and capacity shared by the proxy and the queue.
 //! - [`routes`]: which requests are sends; [`queue`]: the durable send queue (store,
 //!   dispatcher, jobs API); [`split`]: cutting recipients arrays without a `Value` tree.
+//! - [`validate`]: the API's documented rules checked before anything is sent (phone
+//!   numbers, media URLs, templates, malformed bodies), answered in the API's format.
 //! - [`api`]: the provider's wire shapes; [`error`]: the proxy's own errors, mapped once.
 //! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener.
 //! - [`simulator`]: an in-memory simulator of the API; [`demo`]: both in one process.
@@ -36,3 +38,4 @@ pub mod server;
 pub mod simulator;
 pub mod split;
 pub mod upstream;
+pub mod validate;

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub queue_oldest_age: prometheus::Gauge,
     pub queue_disk_bytes: IntGauge,
     pub store_writable: IntGauge,
+    pub validation_rejections: IntCounterVec,
+    pub validation_skipped: IntCounterVec,
+    pub validation_warnings: IntCounterVec,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -233,6 +236,24 @@ impl Metrics {
                 &registry,
                 "sluice_queue_store_writable",
                 "1 while the durable queue can write, 0 after a write failed (sends are then refused).",
+            ),
+            validation_rejections: counter_vec(
+                &registry,
+                "sluice_validation_rejections_total",
+                "Requests sluice answered with the API's 400 itself, before queueing or sending, because they break the API's documented rules or are malformed; by route and field at fault (phoneNumber, recipients, imageUrl and the other media fields, templateContent, messageType, survey.*, carousel.*, contentType, body). A request with several fields at fault counts once for each.",
+                &["route", "field"],
+            ),
+            validation_skipped: counter_vec(
+                &registry,
+                "sluice_validation_skipped_recipients_total",
+                "Recipients left out of bulk sends (invalid_recipients = skip) because they break the phone number rule or have the wrong shape; the job lists each with its index and reason. By route.",
+                &["route"],
+            ),
+            validation_warnings: counter_vec(
+                &registry,
+                "sluice_validation_warnings_total",
+                "Requests that break the API's documented rules but were sent anyway because their route has validation = warn; by route and field at fault (the same fields as sluice_validation_rejections_total).",
+                &["route", "field"],
             ),
             registry,
         };

@@ -2,10 +2,18 @@
 //!
 //! A route names a method and a path pattern (`{name}` matches one path segment), and
 //! says whether the request is a `bulk` send (a recipients array found by a JSON pointer,
-//! cut into parts of at most `max_recipients_per_request`) or a `single` send (one
-//! message, one part). Requests that match no route pass through untouched.
+//! cut into parts of at most `max_recipients_per_request`), a `single` send (one
+//! message, one part), or a `template` creation (checked, then passed through unchanged,
+//! never queued). Requests that match no route pass through untouched.
+//!
+//! Each route also says how its requests are validated against the API's documented
+//! rules before anything is stored or sent ([`crate::validate`]): `validation =
+//! "enforce" | "warn" | "off"`, and for bulk routes what to do with bad recipients,
+//! `invalid_recipients = "reject" | "skip"`.
 
 use serde::Deserialize;
+
+use crate::validate::{InvalidRecipients, Mode};
 
 /// One `[[routes]]` entry.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -24,13 +32,26 @@ pub struct Route {
     /// Bulk only: most recipients in one upstream request (the API's documented maximum).
     #[serde(default = "default_max_recipients")]
     pub max_recipients_per_request: u64,
+    /// What happens to a request that breaks the API's rules: refused with the API's 400
+    /// (`enforce`), logged, counted and sent anyway (`warn`), or not checked (`off`).
+    #[serde(default)]
+    pub validation: Mode,
+    /// Bulk only, in `enforce` mode: refuse a send with any bad recipient (`reject`), or
+    /// send the others and list the bad ones in the job (`skip`).
+    #[serde(default)]
+    pub invalid_recipients: InvalidRecipients,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteKind {
+    /// A recipients array, cut into parts; a durable job.
     Bulk,
+    /// One message, one part; a durable job.
     Single,
+    /// A template creation: checked with the template rules, then passed through
+    /// unchanged (not queued).
+    Template,
 }
 
 /// Routes in match order.
@@ -55,31 +76,47 @@ fn default_max_recipients() -> u64 {
     200_000
 }
 
-/// The two send endpoints of the API, as `upstream-api.md` describes them.
+/// The two send endpoints and template creation, as `upstream-api.md` describes them.
 pub fn defaults() -> Vec<Route> {
+    let route = |name: &str, path: &str, kind| Route {
+        name: name.into(),
+        method: "POST".into(),
+        path: path.into(),
+        kind,
+        recipients_pointer: default_pointer(),
+        max_recipients_per_request: default_max_recipients(),
+        validation: Mode::default(),
+        invalid_recipients: InvalidRecipients::default(),
+    };
     vec![
-        Route {
-            name: "bulk".into(),
-            method: "POST".into(),
-            path: "/api/v1/campaigns/{campaignId}/bulk/{channel}".into(),
-            kind: RouteKind::Bulk,
-            recipients_pointer: default_pointer(),
-            max_recipients_per_request: default_max_recipients(),
-        },
-        Route {
-            name: "single".into(),
-            method: "POST".into(),
-            path: "/api/v1/campaigns/{campaignId}/messages/{channel}".into(),
-            kind: RouteKind::Single,
-            recipients_pointer: default_pointer(),
-            max_recipients_per_request: default_max_recipients(),
-        },
+        route(
+            "bulk",
+            "/api/v1/campaigns/{campaignId}/bulk/{channel}",
+            RouteKind::Bulk,
+        ),
+        route(
+            "single",
+            "/api/v1/campaigns/{campaignId}/messages/{channel}",
+            RouteKind::Single,
+        ),
+        route("templates", "/api/v1/templates", RouteKind::Template),
     ]
 }
 
 // === impl Route ===
 
 impl Route {
+    /// The route's label for client metrics and logs: its name when it is one of the
+    /// defaults, else its kind (`send` or `templates`), so labels stay a handful.
+    pub fn label(&self) -> &'static str {
+        match (self.name.as_str(), self.kind) {
+            ("bulk", _) => "bulk",
+            ("single", _) => "single",
+            ("templates", _) | (_, RouteKind::Template) => "templates",
+            _ => "send",
+        }
+    }
+
     /// Checks one route; the error names what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.name.is_empty()
@@ -98,6 +135,12 @@ impl Route {
         }
         if !self.path.starts_with('/') {
             return Err(format!("route {}: path must start with '/'", self.name));
+        }
+        if self.kind != RouteKind::Bulk && self.invalid_recipients == InvalidRecipients::Skip {
+            return Err(format!(
+                "route {}: invalid_recipients = \"skip\" applies to bulk routes only",
+                self.name
+            ));
         }
         if self.kind == RouteKind::Bulk {
             if !self.recipients_pointer.starts_with('/') {
@@ -186,7 +229,31 @@ mod tests {
         assert_eq!(find(Method::POST, "/api/v1/campaigns//bulk/sms"), None);
         assert_eq!(find(Method::POST, "/api/v1/campaigns/7/bulk/sms/x"), None);
         assert_eq!(find(Method::POST, "/api/v1/campaigns/7/start"), None);
-        assert_eq!(find(Method::POST, "/api/v1/templates"), None);
+        assert_eq!(find(Method::POST, "/api/v1/templates"), Some("templates"));
+        assert_eq!(find(Method::GET, "/api/v1/templates"), None);
+        assert_eq!(find(Method::POST, "/api/v1/templates/3"), None);
+    }
+
+    #[test]
+    fn validation_settings_default_to_enforce_and_reject() {
+        let route: Route =
+            toml::from_str("name = \"b\"\npath = \"/x\"\nkind = \"bulk\"\n").unwrap();
+        assert_eq!(
+            (route.validation, route.invalid_recipients),
+            (Mode::Enforce, InvalidRecipients::Reject)
+        );
+        let route: Route = toml::from_str(
+            "name = \"t\"\npath = \"/t\"\nkind = \"template\"\nvalidation = \"warn\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (route.kind, route.validation),
+            (RouteKind::Template, Mode::Warn)
+        );
+        let bad: Result<Route, _> = toml::from_str(
+            "name = \"b\"\npath = \"/x\"\nkind = \"bulk\"\nvalidation = \"strict\"\n",
+        );
+        assert!(bad.unwrap_err().to_string().contains("strict"));
     }
 
     #[test]
@@ -200,5 +267,8 @@ mod tests {
         for r in defaults() {
             r.validate().unwrap();
         }
+        let mut single = defaults().remove(1);
+        single.invalid_recipients = InvalidRecipients::Skip;
+        assert!(single.validate().unwrap_err().contains("bulk routes only"));
     }
 }

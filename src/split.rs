@@ -8,9 +8,10 @@
 //!    deserializer. It walks only the objects on the way to the array (named by a JSON
 //!    pointer such as `/recipients`), skips every other value without allocating, and
 //!    records where the array and each of its elements sit as **byte offsets** into the
-//!    body ([`RecipientsLayout`]). Each element is also handed to a visitor as a borrowed
-//!    [`RawValue`] during that same pass, so a validator can look at recipients without
-//!    parsing the body a second time.
+//!    body ([`RecipientsLayout`]). Each element is also handed to a visitor ([`Visit`]) as
+//!    a borrowed [`RawValue`] during that same pass, so a validator can look at recipients
+//!    without parsing the body a second time; so is every other member of the objects that
+//!    enclose the array (a send's `imageUrl` next to its `recipients`, say).
 //! 2. [`write_part`] builds one part: the original body, byte for byte, with the array
 //!    replaced by `[` + a run of the elements joined by `,` + `]`. [`chunks`] says which
 //!    runs to cut, and [`part_len`] gives a part's exact size for preallocation.
@@ -96,6 +97,41 @@ pub enum SplitError {
     DuplicateKey(String),
 }
 
+/// What [`scan`] shows a caller during its single pass over the body.
+///
+/// [`scan`] takes a closure that looks at the elements only; [`scan_with`] takes a
+/// `Visit` (or `&mut` one, to read its findings afterwards).
+pub trait Visit {
+    /// Element `index` of the array at the pointer, as raw JSON borrowed from the body.
+    fn item(&mut self, index: usize, raw: &RawValue);
+
+    /// A member `key` of an object on the way to the array (the body's top-level object is
+    /// at `depth` 0), other than the one leading to the array, in body order. Elements of
+    /// arrays on the way, other than the one the pointer names, are not shown.
+    fn field(&mut self, depth: usize, key: &str, raw: &RawValue) {
+        let _ = (depth, key, raw);
+    }
+}
+
+/// A closure as a [`Visit`] of the elements only.
+struct Items<F>(F);
+
+impl<F: FnMut(usize, &RawValue)> Visit for Items<F> {
+    fn item(&mut self, index: usize, raw: &RawValue) {
+        (self.0)(index, raw);
+    }
+}
+
+impl<V: Visit + ?Sized> Visit for &mut V {
+    fn item(&mut self, index: usize, raw: &RawValue) {
+        (**self).item(index, raw);
+    }
+
+    fn field(&mut self, depth: usize, key: &str, raw: &RawValue) {
+        (**self).field(depth, key, raw);
+    }
+}
+
 /// The state of one [`scan`], shared by the seeds and visitors below.
 struct Walker<'b, 'p, F> {
     /// The whole body, for finding the array's brackets around its first/last element.
@@ -155,7 +191,8 @@ const ABORT: &str = "sluice split: stopped";
 /// must be an object.
 ///
 /// `visit(index, raw)` is called for each element of the array, in order, during the same
-/// pass; `raw` is the element's JSON text, borrowed from `body`. A validator can collect its
+/// pass; `raw` is the element's JSON text, borrowed from `body`. ([`scan_with`] also shows
+/// the other members of the objects on the way to the array.) A validator can collect its
 /// findings there. If `scan` then returns an error (say the body turns out to be truncated
 /// after the array), `visit` may already have seen some or all elements: discard what it
 /// collected. `visit` is never called for an element of a second array (a duplicate key is
@@ -171,6 +208,20 @@ pub fn scan(
     body: &[u8],
     pointer: &str,
     visit: impl FnMut(usize, &RawValue),
+) -> Result<RecipientsLayout, SplitError> {
+    scan_with(body, pointer, Items(visit))
+}
+
+/// [`scan`] with a [`Visit`], which also sees the members of the objects on the way to
+/// the array ([`Visit::field`]).
+///
+/// # Errors
+///
+/// Like [`scan`].
+pub fn scan_with(
+    body: &[u8],
+    pointer: &str,
+    visit: impl Visit,
 ) -> Result<RecipientsLayout, SplitError> {
     let tokens = parse_pointer(pointer)?;
     let text = std::str::from_utf8(body).map_err(|e| invalid_utf8(body, &e))?;
@@ -381,7 +432,7 @@ fn invalid_utf8(body: &[u8], error: &std::str::Utf8Error) -> SplitError {
     SplitError::NotJson(format!("invalid UTF-8 at line {line} column {column}"))
 }
 
-impl<F: FnMut(usize, &RawValue)> Walker<'_, '_, F> {
+impl<F: Visit> Walker<'_, '_, F> {
     /// Records `error` and returns the placeholder serde error that stops the deserializer.
     fn fail<E: de::Error>(&mut self, error: SplitError) -> E {
         self.error = Some(error);
@@ -413,7 +464,7 @@ impl<F: FnMut(usize, &RawValue)> Walker<'_, '_, F> {
     }
 }
 
-impl<'de, F: FnMut(usize, &RawValue)> DeserializeSeed<'de> for AtPath<'_, '_, '_, F> {
+impl<'de, F: Visit> DeserializeSeed<'de> for AtPath<'_, '_, '_, F> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -426,7 +477,7 @@ impl<'de, F: FnMut(usize, &RawValue)> DeserializeSeed<'de> for AtPath<'_, '_, '_
     }
 }
 
-impl<F: FnMut(usize, &RawValue)> PathVisitor<'_, '_, '_, F> {
+impl<F: Visit> PathVisitor<'_, '_, '_, F> {
     /// A value on the way that is not a container: the top level must be an object;
     /// deeper down the pointer simply does not resolve (reported once the body is read).
     fn scalar<E: de::Error>(self) -> Result<(), E> {
@@ -438,7 +489,7 @@ impl<F: FnMut(usize, &RawValue)> PathVisitor<'_, '_, '_, F> {
     }
 }
 
-impl<'de, F: FnMut(usize, &RawValue)> Visitor<'de> for PathVisitor<'_, '_, '_, F> {
+impl<'de, F: Visit> Visitor<'de> for PathVisitor<'_, '_, '_, F> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -452,18 +503,19 @@ impl<'de, F: FnMut(usize, &RawValue)> Visitor<'de> for PathVisitor<'_, '_, '_, F
             if seen.contains(&key) {
                 return Err(walker.fail(SplitError::DuplicateKey(key.into_owned())));
             }
-            let on_path = key == walker.tokens[level];
-            seen.insert(key);
-            if on_path {
+            if key == walker.tokens[level] {
+                seen.insert(key);
                 map.next_value_seed(AtPath {
                     walker: &mut *walker,
                     level: level + 1,
                 })?;
             } else {
-                map.next_value_seed(Skip {
+                let raw = map.next_value_seed(Skip {
                     error: &mut walker.error,
                     enclosing: level + 1,
                 })?;
+                walker.visit.field(level, &key, raw);
+                seen.insert(key);
             }
         }
         Ok(())
@@ -482,13 +534,15 @@ impl<'de, F: FnMut(usize, &RawValue)> Visitor<'de> for PathVisitor<'_, '_, '_, F
                     walker: &mut *walker,
                     level: level + 1,
                 })?
+                .is_some()
             } else {
                 seq.next_element_seed(Skip {
                     error: &mut walker.error,
                     enclosing: level + 1,
                 })?
+                .is_some()
             };
-            if more.is_none() {
+            if !more {
                 return Ok(());
             }
             index += 1;
@@ -520,7 +574,7 @@ impl<'de, F: FnMut(usize, &RawValue)> Visitor<'de> for PathVisitor<'_, '_, '_, F
     }
 }
 
-impl<'de, F: FnMut(usize, &RawValue)> Visitor<'de> for TargetVisitor<'_, '_, '_, F> {
+impl<'de, F: Visit> Visitor<'de> for TargetVisitor<'_, '_, '_, F> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -540,7 +594,7 @@ impl<'de, F: FnMut(usize, &RawValue)> Visitor<'de> for TargetVisitor<'_, '_, '_,
             }
             // `raw` borrows from the body, so the pointer difference is its offset.
             let start = text.as_ptr() as usize - base;
-            (walker.visit)(items.len(), raw);
+            walker.visit.item(items.len(), raw);
             items.push(start..start + text.len());
         }
         if items.is_empty() {
@@ -583,16 +637,20 @@ impl<'de, F: FnMut(usize, &RawValue)> Visitor<'de> for TargetVisitor<'_, '_, '_,
 }
 
 impl<'de> DeserializeSeed<'de> for Skip<'_> {
-    type Value = ();
+    /// The skipped value's raw JSON, borrowed from the body.
+    type Value = &'de RawValue;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<&'de RawValue, D::Error> {
         let raw = <&'de RawValue>::deserialize(deserializer)?;
         let budget = MAX_DEPTH.saturating_sub(self.enclosing);
         if nests_deeper_than(raw.get().as_bytes(), budget) {
             *self.error = Some(SplitError::TooDeep);
             return Err(de::Error::custom(ABORT));
         }
-        Ok(())
+        Ok(raw)
     }
 }
 
@@ -830,6 +888,47 @@ mod tests {
         assert_eq!(
             items(body, &layout),
             ["38970123456", "-1.5e3", "true", "null", "[1]"]
+        );
+    }
+
+    #[test]
+    fn scan_with_shows_the_members_around_the_array_once() {
+        #[derive(Default)]
+        struct Seen {
+            items: Vec<(usize, String)>,
+            fields: Vec<(usize, String, String)>,
+        }
+        impl Visit for Seen {
+            fn item(&mut self, index: usize, raw: &RawValue) {
+                self.items.push((index, raw.get().to_string()));
+            }
+            fn field(&mut self, depth: usize, key: &str, raw: &RawValue) {
+                self.fields
+                    .push((depth, key.to_string(), raw.get().to_string()));
+            }
+        }
+        let body = r#"{"a":1,"m":{"imageUrl":"https://x","to":["p",{"q":2}],"z":[3]},"b\u0041":null,"l":[{"to":[9]}]}"#;
+        let mut seen = Seen::default();
+        let layout = scan_with(body.as_bytes(), "/m/to", &mut seen).unwrap();
+        assert_eq!(layout.items.len(), 2);
+        assert_eq!(
+            seen.items,
+            [(0, r#""p""#.to_string()), (1, r#"{"q":2}"#.to_string())]
+        );
+        let fields: Vec<(usize, &str, &str)> = seen
+            .fields
+            .iter()
+            .map(|(d, k, v)| (*d, k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                (0, "a", "1"),
+                (1, "imageUrl", r#""https://x""#),
+                (1, "z", "[3]"),
+                (0, "bA", "null"),
+                (0, "l", r#"[{"to":[9]}]"#),
+            ]
         );
     }
 

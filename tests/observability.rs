@@ -318,7 +318,9 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
 
 /// Drives the durable queue through a proxy with the default send routes: one send
 /// refused by back-pressure, one split by the API's capacity and delivered, one
-/// dead-lettered by a final 400. Returns the scraped `/metrics`.
+/// dead-lettered by a final 400; then validation (bulk route skipping bad recipients,
+/// template route in warn mode): one send with a skipped recipient, one refused for its
+/// media URL, one template sent despite its media URL. Returns the scraped `/metrics`.
 async fn queue_scenario() -> String {
     let sim = Running::start(SimConfig {
         max_pending: 50,
@@ -337,7 +339,15 @@ async fn queue_scenario() -> String {
         common::json(&created)["id"].as_u64().expect("an id")
     };
     let config = proxy_config(&sim.url(""), |c| {
-        c.routes = None;
+        let mut routes = sluice::routes::defaults();
+        for route in &mut routes {
+            match route.name.as_str() {
+                "bulk" => route.invalid_recipients = sluice::validate::InvalidRecipients::Skip,
+                "templates" => route.validation = sluice::validate::Mode::Warn,
+                _ => {}
+            }
+        }
+        c.routes = Some(routes);
         c.queue.max_queued_recipients = 100;
     });
     let proxy = start_proxy(&config, None).await;
@@ -354,6 +364,21 @@ async fn queue_scenario() -> String {
     assert_eq!(common::json(&body)["delivered"], 60);
     let (status, _, _) = send(Method::POST, &bulk(draft), &headers, bulk_body(3)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Validation: one recipient skipped, one send refused, one template let through.
+    let skipping = json!({"recipients": ["38970000001", "123", "38970000002"]}).to_string();
+    let async_headers = [headers[0], headers[1], ("Prefer", "respond-async")];
+    let (status, _, body) = send(Method::POST, &bulk(started), &async_headers, skipping).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body:?}");
+    assert_eq!(common::json(&body)["skipped"][0]["index"], 1);
+    let refused = json!({"imageUrl": "http://cdn.example.com/a.png",
+        "recipients": ["38970000001"]});
+    let (status, _, _) = send(Method::POST, &bulk(started), &headers, refused.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let template = json!({"name": "w", "templateContent": "x",
+        "imageUrl": "http://cdn.example.com/a.png"});
+    let templates = proxy_url(&proxy, "/api/v1/templates");
+    let (status, _, _) = send(Method::POST, &templates, &headers, template.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "the API's own answer");
     let (_, _, metrics) = send(Method::GET, &admin_url(&proxy, "/metrics"), &[], "").await;
     String::from_utf8(metrics.to_vec()).expect("UTF-8 metrics")
 }
@@ -1060,5 +1085,12 @@ fn every_family_rendered() -> String {
     m.recipients_failed.with_label_values(&["r"]).inc();
     m.queue_jobs.with_label_values(&["queued"]).set(1);
     m.queue_parts.with_label_values(&["queued"]).set(1);
+    m.validation_rejections
+        .with_label_values(&["r", "phoneNumber"])
+        .inc();
+    m.validation_skipped.with_label_values(&["r"]).inc();
+    m.validation_warnings
+        .with_label_values(&["r", "imageUrl"])
+        .inc();
     String::from_utf8(m.render()).expect("UTF-8 metrics")
 }

@@ -2,7 +2,10 @@
 //!
 //! Order matters for the delivery guarantee: the body is read and checked, cut into
 //! parts, and the job is committed to the store; only then is anything sent upstream or
-//! said to the client. How the client is answered (RFC 7240):
+//! said to the client. "Checked" is the route's validation ([`crate::validate`]): a bulk
+//! body's recipients are checked by the splitter's visitor in its one pass over the body;
+//! with `invalid_recipients = "skip"` the bad ones are left out of every part (parts are
+//! cut around them, [`plan::initial_parts`]) and listed in the job's `skipped`. How the client is answered (RFC 7240):
 //! - `Prefer: respond-async`: `202 Accepted` at once, `Location: /sluice/v1/jobs/{id}`,
 //!   the job JSON;
 //! - otherwise sluice waits up to `queue.sync_wait_ms` (or `Prefer: wait=N`) for the job
@@ -26,13 +29,17 @@ use super::store::{
 };
 use super::view::JobView;
 use super::{plan, Queue};
-use crate::api::{self, text, Envelope, RateLimitBody};
+use crate::api::{self, Envelope, RateLimitBody};
 use crate::apikey::{self, KeyId};
 use crate::error::ProxyError;
 use crate::proxy::strip_hop_by_hop;
 use crate::request_id::RouteName;
 use crate::routes::{Route, RouteKind};
 use crate::split;
+use crate::validate::gate::Gate;
+use crate::validate::outcome::{BODY, RECIPIENTS};
+use crate::validate::recipients::{RecipientsCheck, Verdict};
+use crate::validate::{self, InvalidRecipients, Mode, Rejection};
 
 /// The header naming the job on every answer to a send.
 pub const JOB_HEADER: &str = "x-sluice-job-id";
@@ -45,7 +52,11 @@ const NOT_STORED: [&str; 5] = ["x-api-key", "prefer", "content-length", "expect"
 impl Queue {
     /// Takes a request that matched `route`: stores it as a job and answers.
     /// Requests without any API key pass through (the API answers them with its 401).
+    /// Template routes are not queued: they are given back too.
     pub async fn accept(&self, route: &Route, req: Request) -> Result<Response<Body>, Request> {
+        if route.kind == RouteKind::Template {
+            return Err(req);
+        }
         let (mut parts, body) = req.into_parts();
         let key = apikey::resolve(&mut parts.headers, self.inner.own_key.as_ref());
         let Some(key_id) = key.id else {
@@ -72,7 +83,7 @@ impl Queue {
             Ok(resp) => resp,
             Err(e) => e,
         };
-        resp.extensions_mut().insert(RouteName(route_label(route)));
+        resp.extensions_mut().insert(RouteName(route.label()));
         Ok(resp)
     }
 
@@ -89,28 +100,62 @@ impl Queue {
     ) -> Result<Response<Body>, Response<Body>> {
         let q = &self.inner;
         let pref = prefer::parse(&headers);
+        let gate = Gate::new(route, &q.metrics);
+        let refused = |resp: Response<Body>| {
+            q.metrics
+                .queue_rejected
+                .with_label_values(&[&route.name, "invalid"])
+                .inc();
+            resp
+        };
+        if gate.checks() {
+            gate.apply(validate::json::content_type(&headers))
+                .map_err(refused)?;
+        }
         let body = read_body(body, q.max_body)
             .await
             .map_err(ProxyError::into_response)?;
 
-        // Cut into parts (bulk) or keep whole (single).
-        let (array, new_parts, recipients) = match route.kind {
+        // Check, then cut into parts (bulk) or keep whole (single).
+        let (array, new_parts, recipients, skipped) = match route.kind {
             RouteKind::Bulk => {
-                let layout =
-                    split::scan(&body, &route.recipients_pointer, |_, _| {}).map_err(|e| {
-                        q.metrics
-                            .queue_rejected
-                            .with_label_values(&[&route.name, "invalid"])
-                            .inc();
-                        Envelope::new(text::BAD_REQUEST, split_message(&e))
-                            .into_response(StatusCode::BAD_REQUEST)
-                    })?;
+                // Only `enforce` may skip; `warn` reports what `reject` would refuse.
+                let policy = match route.validation {
+                    Mode::Enforce => route.invalid_recipients,
+                    Mode::Warn | Mode::Off => InvalidRecipients::Reject,
+                };
+                let mut check = RecipientsCheck::new(policy);
+                let scanned = if gate.checks() {
+                    split::scan_with(&body, &route.recipients_pointer, &mut check)
+                } else {
+                    split::scan(&body, &route.recipients_pointer, |_, _| {})
+                };
+                // The splitter's own refusals stand in every mode; they count as
+                // validation refusals where validation is on.
+                let layout = scanned.map_err(|e| {
+                    let rejection = split_rejection(&e);
+                    refused(if gate.checks() {
+                        gate.refuse(rejection)
+                    } else {
+                        rejection.into_response()
+                    })
+                })?;
+                let n = layout.items.len();
+                let skipped = match check.verdict(policy, n) {
+                    Verdict::SendAll => Vec::new(),
+                    Verdict::Skip(offenders) => offenders,
+                    Verdict::Reject(rejection) => {
+                        gate.apply(Err(rejection)).map_err(refused)?;
+                        Vec::new()
+                    }
+                };
                 let limit = plan::part_limit(
                     route.max_recipients_per_request,
                     q.keys.max_allowed(&key_id),
                 );
-                let n = layout.items.len();
-                let parts: Vec<NewPart> = split::chunks(n, limit as usize)
+                let skipped_at: Vec<usize> = skipped.iter().map(|o| o.index).collect();
+                let parts: Vec<NewPart> = plan::initial_parts(n, &skipped_at, limit as usize)
+                    .into_iter()
                     .map(|r| NewPart {
                         items: r.start as u64..r.end as u64,
                         bytes: layout.items[r.start].start as u64
@@ -118,17 +163,26 @@ impl Queue {
                     })
                     .collect();
                 let array = layout.array.start as u64..layout.array.end as u64;
-                (Some(array), parts, n as u64)
+                (Some(array), parts, (n - skipped.len()) as u64, skipped)
             }
-            RouteKind::Single => (
-                None,
-                vec![NewPart {
-                    items: 0..1,
-                    bytes: 0..body.len() as u64,
-                }],
-                1,
-            ),
+            // Template routes never get here (`accept` gives them back).
+            RouteKind::Single | RouteKind::Template => {
+                if gate.checks() {
+                    gate.apply(validate::send::single(&body)).map_err(refused)?;
+                }
+                (
+                    None,
+                    vec![NewPart {
+                        items: 0..1,
+                        bytes: 0..body.len() as u64,
+                    }],
+                    1,
+                    Vec::new(),
+                )
+            }
         };
+        let skipped_json = (!skipped.is_empty())
+            .then(|| serde_json::to_string(&skipped).unwrap_or_else(|_| "[]".into()));
         let part_bytes: u64 = new_parts.iter().map(|p| p.bytes.end - p.bytes.start).sum();
 
         // Back-pressure: refuse in the API's own 429 format.
@@ -174,7 +228,7 @@ impl Queue {
             body,
             array,
             parts: new_parts.clone(),
-            skipped: None,
+            skipped: skipped_json.clone(),
             now_ms: created_at,
         };
         let notify = q.dispatcher.watch(&id);
@@ -196,6 +250,10 @@ impl Queue {
             .with_label_values(&[&route.name])
             .inc();
         q.dispatcher.add_backlog(recipients, part_bytes);
+        if !skipped.is_empty() {
+            gate.skipped(skipped.len());
+            tracing::info!(job = %id, route = %route.name, skipped = skipped.len(), "recipients skipped by validation");
+        }
         let record = JobRecord {
             id: id.clone(),
             owner: key_id.full(),
@@ -210,7 +268,7 @@ impl Queue {
             },
             created_at,
             updated_at: created_at,
-            skipped: None,
+            skipped: skipped_json,
             parts: Vec::with_capacity(new_parts.len()),
         };
         let mut record = record;
@@ -271,21 +329,12 @@ impl Queue {
     }
 }
 
-/// The metric label of a route (its configured name, leaked once per name: a handful).
-fn route_label(route: &Route) -> &'static str {
-    match route.name.as_str() {
-        "bulk" => "bulk",
-        "single" => "single",
-        _ => "send",
-    }
-}
-
 fn is_final(state: JobState) -> bool {
     !matches!(state, JobState::Queued | JobState::InProgress)
 }
 
-/// Reads the whole send body (it is stored), refusing more than `max` bytes.
-async fn read_body(body: Body, max: u64) -> Result<Bytes, ProxyError> {
+/// Reads the whole body (a send's is stored), refusing more than `max` bytes.
+pub(crate) async fn read_body(body: Body, max: u64) -> Result<Bytes, ProxyError> {
     if body.size_hint().exact().is_some_and(|n| n > max) {
         return Err(ProxyError::BodyTooLarge { limit: max });
     }
@@ -300,8 +349,18 @@ async fn read_body(body: Body, max: u64) -> Result<Bytes, ProxyError> {
     }
 }
 
-fn split_message(e: &split::SplitError) -> String {
-    format!("The request body cannot be read as a bulk send: {e}.")
+/// A body the splitter refused, as a validation refusal: the body as a whole, or its
+/// recipients array (missing, not an array, empty).
+fn split_rejection(e: &split::SplitError) -> Rejection {
+    use split::SplitError as E;
+    let label = match e {
+        E::MissingArray { .. } | E::NotAnArray { .. } | E::Empty { .. } => RECIPIENTS,
+        E::NotJson(_) | E::NotAnObject | E::BadPointer(_) | E::TooDeep | E::DuplicateKey(_) => BODY,
+    };
+    Rejection::malformed(
+        label,
+        format!("The request body cannot be read as a bulk send: {e}."),
+    )
 }
 
 /// `202 Accepted` with the job JSON and where to follow it.

@@ -627,6 +627,8 @@ impl Inner {
             kind: RouteKind::Single,
             recipients_pointer: String::new(),
             max_recipients_per_request: u64::MAX,
+            validation: crate::validate::Mode::Off,
+            invalid_recipients: crate::validate::InvalidRecipients::Reject,
         })
     }
 

@@ -5,9 +5,15 @@
 //! - a part never exceeds the route's `max_recipients_per_request`, nor the `maxAllowed`
 //!   the API last reported for the key (a larger part could never be accepted);
 //! - when a 429 says `availableCapacity` > 0, a piece of exactly that size can go at once
-//!   (the API said it has room) and the rest waits for the hint.
+//!   (the API said it has room) and the rest waits for the hint;
+//! - recipients skipped by validation are in no part: a part is one contiguous run of the
+//!   body's array (its bytes are sent as they are), so parts are cut around each skipped
+//!   recipient ([`initial_parts`]).
+
+use std::ops::Range;
 
 use crate::capacity::Capacity;
+use crate::split;
 
 /// How to cut a part of `n` recipients: optionally a first piece to send at once, then
 /// the rest in pieces of at most `piece_max`, to send when the wait is over.
@@ -60,6 +66,25 @@ pub fn piece_sizes(n: u64, cut: Cut) -> Vec<u64> {
         left -= take;
     }
     sizes
+}
+
+/// The parts of a new bulk job of `n` recipients: the runs of consecutive recipients not
+/// in `skipped` (indices in increasing order), each cut into pieces of at most `limit`, in
+/// order. Every kept recipient is in exactly one part; no part is empty.
+///
+/// # Panics
+///
+/// If `limit` is 0.
+pub fn initial_parts(n: usize, skipped: &[usize], limit: usize) -> Vec<Range<usize>> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for end in skipped.iter().copied().chain(std::iter::once(n)) {
+        if end > start {
+            parts.extend(split::chunks(end - start, limit).map(|r| start + r.start..start + r.end));
+        }
+        start = start.max(end + 1);
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -131,6 +156,33 @@ mod tests {
                     assert!(sizes.iter().all(|&s| s >= 1 && s <= max));
                 }
             }
+        }
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)] // one range per part is the point here
+    fn initial_parts_cut_around_skipped_recipients() {
+        assert_eq!(initial_parts(10, &[], 4), [0..4, 4..8, 8..10]);
+        assert_eq!(initial_parts(10, &[3], 100), [0..3, 4..10]);
+        assert_eq!(initial_parts(10, &[0, 9], 100), [1..9]);
+        assert_eq!(initial_parts(10, &[3, 4, 5], 2), [0..2, 2..3, 6..8, 8..10]);
+        assert_eq!(initial_parts(3, &[0, 1, 2], 2), Vec::<Range<usize>>::new());
+        assert_eq!(initial_parts(1, &[], 1), [0..1]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn initial_parts_keep_every_other_recipient_once(
+            n in 1usize..300,
+            skip in proptest::collection::btree_set(0usize..300, 0..40),
+            limit in 1usize..50,
+        ) {
+            let skipped: Vec<usize> = skip.into_iter().filter(|&i| i < n).collect();
+            let parts = initial_parts(n, &skipped, limit);
+            let kept: Vec<usize> = parts.iter().flat_map(Clone::clone).collect();
+            let expected: Vec<usize> = (0..n).filter(|i| !skipped.contains(i)).collect();
+            proptest::prop_assert_eq!(kept, expected);
+            proptest::prop_assert!(parts.iter().all(|p| !p.is_empty() && p.len() <= limit));
         }
     }
 }

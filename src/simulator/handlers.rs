@@ -245,18 +245,11 @@ pub fn invalid_phone() -> Response {
         .into_response(StatusCode::BAD_REQUEST)
 }
 
-/// The seed's template 400s: "Image URL is not accessible" when the image URL is the
-/// only problem, else "Template validation failed" with every field's error.
+/// The seed's template 400s: "Image URL is not accessible" when media URLs are the only
+/// problem, else "Template validation failed" with every field's error (the proxy's
+/// answer too: [`crate::validate::Rejection::template`]).
 fn template_invalid(errors: Errors) -> Response {
-    let only_image = errors.len() == 1 && errors.contains_key("imageUrl");
-    let message = if only_image {
-        text::IMAGE_NOT_ACCESSIBLE
-    } else {
-        text::TEMPLATE_VALIDATION
-    };
-    Envelope::new(text::BAD_REQUEST, message)
-        .with_validation(errors)
-        .into_response(StatusCode::BAD_REQUEST)
+    crate::validate::Rejection::template(errors).into_response()
 }
 
 fn campaign_invalid(errors: Errors) -> Response {

@@ -1,13 +1,16 @@
 //! Phone numbers: the provider's validity rule and a compact, lossless 8-byte key.
 //!
 //! The seed says a phone number is "10-15 digits, optionally starting with +", and
-//! nothing else may appear in it. The simulator remembers every accepted recipient (for
+//! nothing else may appear in it (the rule itself is [`crate::validate::phone`], which the
+//! proxy checks with too). The simulator remembers every accepted recipient (for
 //! the messages query and the duplicate statistics), so it stores each number as a
 //! [`PhoneKey`]: a `u64` holding the digits' value, how many digits there were (leading
 //! zeros matter) and whether there was a `+`. That keeps a million recipients in a few
 //! megabytes instead of a heap string each, and turns back into the exact text sent.
 
 use std::fmt;
+
+use crate::validate::phone;
 
 /// A valid phone number, packed into one `u64`.
 ///
@@ -25,17 +28,12 @@ const PLUS_BIT: u64 = 1 << (VALUE_BITS + LEN_BITS);
 // === impl PhoneKey ===
 
 impl PhoneKey {
-    /// Parses `text` under the seed's rule: one optional leading `+`, then 10 to 15 ASCII
-    /// digits, nothing else (no spaces, dashes or brackets). `None` when it is invalid.
+    /// Parses `text` under the seed's rule ([`crate::validate::phone`], shared with the
+    /// proxy): one optional leading `+`, then 10 to 15 ASCII digits, nothing else (no
+    /// spaces, dashes or brackets). `None` when it is invalid.
     pub fn parse(text: &str) -> Option<PhoneKey> {
-        let (plus, digits) = match text.strip_prefix('+') {
-            Some(rest) => (true, rest),
-            None => (false, text),
-        };
+        let (plus, digits) = phone::split(text)?;
         let len = digits.len();
-        if !(10..=15).contains(&len) || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
         let value = digits
             .bytes()
             .fold(0u64, |acc, b| acc * 10 + u64::from(b - b'0'));

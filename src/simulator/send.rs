@@ -89,7 +89,8 @@ pub async fn bulk(
     if items.is_empty() {
         return bad_request("At least one recipient is required");
     }
-    let phones = match validate::phones(items) {
+    let phones = match validate::phones(items).and_then(|p| validate::send_media(&obj).map(|()| p))
+    {
         Ok(phones) => phones,
         Err(e) => return phone_error(e),
     };
@@ -216,6 +217,7 @@ fn phone_error(error: PhoneError) -> Response {
     match error {
         PhoneError::Malformed(message) => bad_request(message),
         PhoneError::Invalid => invalid_phone(),
+        PhoneError::Media(errors) => crate::validate::Rejection::send(errors).into_response(),
     }
 }
 

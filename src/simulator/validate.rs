@@ -6,12 +6,17 @@
 //! - `channel` (`"SMS"` or `"Viber"`, default `"SMS"`),
 //! - `messageType` (integer 1-8; required for Viber),
 //! - `viberServiceId` (optional; an id from `GET /api/v1/viber-services`),
-//! - `imageUrl` (optional; an `https://` URL),
+//! - `imageUrl` and the other media fields (optional; HTTPS and publicly accessible,
+//!   [`crate::validate::media`]),
 //! - `survey` (`{"question": string ≤ 85 chars, "options": [2-5 strings]}`; required
 //!   when `messageType` is 6, the seed's Survey type),
 //! - `carousel` (`{"title": string of 2-38 chars, "items": [2-5 values]}`; an item's
-//!   `imageUrl`, when it has one, must be `https://`),
+//!   media fields follow the media rule),
 //! - `smsFallbackEnabled` (bool, default false).
+//!
+//! The documented rules (content, message type, survey, carousel, media URLs, counted in
+//! characters) are [`crate::validate::template::check`], shared with the proxy; this
+//! module adds the simulator's own. Send bodies' media fields follow the media rule too.
 //!
 //! Campaign body (`POST /api/v1/campaigns`): `name` (required), `type` (`"Bulk"` or
 //! `"Transactional"`), `channel` (`"SMS"` or `"Viber"`), `templateId` (optional).
@@ -25,7 +30,6 @@ use serde_json::{Map, Value};
 use super::model::{CampaignType, Carousel, Channel, Id, Survey, Template, VIBER_SERVICES};
 use super::phone::PhoneKey;
 use super::state::{CampaignDraft, Errors};
-use crate::api::text;
 
 /// Why a body was refused before any business rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +47,8 @@ pub enum PhoneError {
     Malformed(String),
     /// A phone number breaks the 10-15 digits rule.
     Invalid,
+    /// A media field of the send breaks the media rule.
+    Media(Errors),
 }
 
 type Object = Map<String, Value>;
@@ -58,16 +64,21 @@ pub fn object(body: &[u8]) -> Result<Object, String> {
 
 /// Checks a template body. Returns the draft (id 0) and the rule violations found, so
 /// the caller can add the uniqueness rule before deciding.
+///
+/// The documented rules are [`crate::validate::template::check`], the very function the
+/// proxy refuses templates with; the simulator adds what only the API can know or
+/// insists on besides (a name, a channel it knows, a known Viber service, a boolean
+/// `smsFallbackEnabled`). The draft is only used when no rule is broken, so it is read
+/// leniently.
 pub fn template(body: &[u8]) -> Result<(Template, Errors), String> {
     let obj = object(body)?;
-    let mut errors = Errors::new();
+    let mut errors = crate::validate::template::check(&obj);
     let name = text_field(&obj, "name", &mut errors, "Template name is required");
-    let content = text_field(
-        &obj,
-        "templateContent",
-        &mut errors,
-        "Template content is required",
-    );
+    let content = obj
+        .get("templateContent")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let channel = match obj.get("channel") {
         None | Some(Value::Null) => Channel::Sms,
         Some(v) => v.as_str().and_then(Channel::parse).unwrap_or_else(|| {
@@ -75,18 +86,10 @@ pub fn template(body: &[u8]) -> Result<(Template, Errors), String> {
             Channel::Sms
         }),
     };
-    let message_type = match obj.get("messageType") {
-        None | Some(Value::Null) => None,
-        Some(v) => v
-            .as_u64()
-            .and_then(|t| u8::try_from(t).ok())
-            .filter(|t| (1..=8).contains(t)),
-    };
-    let type_given = !matches!(obj.get("messageType"), None | Some(Value::Null));
-    if (type_given || channel == Channel::Viber) && message_type.is_none() {
-        let rule = "Message type must be 1-8 for Viber";
-        errors.insert("messageType".into(), rule.into());
-    }
+    let message_type = obj
+        .get("messageType")
+        .and_then(Value::as_u64)
+        .and_then(|t| u8::try_from(t).ok());
     let viber_service_id = match obj.get("viberServiceId") {
         None | Some(Value::Null) => None,
         Some(v) => {
@@ -100,9 +103,6 @@ pub fn template(body: &[u8]) -> Result<(Template, Errors), String> {
             known.map(|s| s.id)
         }
     };
-    let image_url = media_url(obj.get("imageUrl"), "imageUrl", &mut errors);
-    let survey = survey(obj.get("survey"), message_type == Some(6), &mut errors);
-    let carousel = carousel(obj.get("carousel"), &mut errors);
     let sms_fallback_enabled = match obj.get("smsFallbackEnabled") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -112,6 +112,41 @@ pub fn template(body: &[u8]) -> Result<(Template, Errors), String> {
             false
         }
     };
+    let survey = obj
+        .get("survey")
+        .and_then(Value::as_object)
+        .map(|s| Survey {
+            question: s
+                .get("question")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            options: s
+                .get("options")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    let carousel = obj
+        .get("carousel")
+        .and_then(Value::as_object)
+        .map(|c| Carousel {
+            title: c
+                .get("title")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            items: c
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        });
     let draft = Template {
         id: 0,
         name,
@@ -119,7 +154,10 @@ pub fn template(body: &[u8]) -> Result<(Template, Errors), String> {
         channel,
         message_type,
         viber_service_id,
-        image_url,
+        image_url: obj
+            .get("imageUrl")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         survey,
         carousel,
         sms_fallback_enabled,
@@ -201,17 +239,27 @@ pub fn phones(items: &[Value]) -> Result<Vec<PhoneKey>, PhoneError> {
 }
 
 /// The phone number of a single-send body `{"phoneNumber": "...", "variables": {...}}`.
+/// Its media fields are checked after the number.
 pub fn single_phone(body: &[u8]) -> Result<PhoneKey, PhoneError> {
     let obj = object(body).map_err(PhoneError::Malformed)?;
     let text = obj
         .get("phoneNumber")
         .and_then(Value::as_str)
-        .ok_or_else(|| {
-            PhoneError::Malformed(
-                "Request body must be a JSON object with a string \"phoneNumber\"".into(),
-            )
-        })?;
-    PhoneKey::parse(text).ok_or(PhoneError::Invalid)
+        .ok_or_else(|| PhoneError::Malformed(crate::validate::send::NO_PHONE_NUMBER.into()))?;
+    let phone = PhoneKey::parse(text).ok_or(PhoneError::Invalid)?;
+    send_media(&obj)?;
+    Ok(phone)
+}
+
+/// The media fields of a send body (bulk or single), under the shared media rule.
+pub fn send_media(body: &Object) -> Result<(), PhoneError> {
+    let mut errors = Errors::new();
+    crate::validate::media::check_fields(body, "", &mut errors);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PhoneError::Media(errors))
+    }
 }
 
 /// A phone number from a query string. Form decoding turns an unescaped `+` into a
@@ -223,17 +271,6 @@ pub fn query_phone(text: &str) -> Option<PhoneKey> {
     }
 }
 
-/// True for an absolute `https://` URL with a host and no whitespace.
-pub fn is_https_url(url: &str) -> bool {
-    let Some(scheme) = url.get(..8) else {
-        return false;
-    };
-    let host = url[8..].split(['/', '?', '#']).next().unwrap_or("");
-    scheme.eq_ignore_ascii_case("https://")
-        && !host.is_empty()
-        && !url.chars().any(char::is_whitespace)
-}
-
 /// A required, non-blank string field; records `missing` under `field` otherwise.
 fn text_field(obj: &Object, field: &str, errors: &mut Errors, missing: &str) -> String {
     match obj.get(field).and_then(Value::as_str) {
@@ -243,90 +280,6 @@ fn text_field(obj: &Object, field: &str, errors: &mut Errors, missing: &str) -> 
             String::new()
         }
     }
-}
-
-fn media_url(value: Option<&Value>, field: &str, errors: &mut Errors) -> Option<String> {
-    match value {
-        None | Some(Value::Null) => None,
-        Some(Value::String(url)) if is_https_url(url) => Some(url.clone()),
-        Some(_) => {
-            errors.insert(field.into(), text::MEDIA_RULE.into());
-            None
-        }
-    }
-}
-
-fn survey(value: Option<&Value>, required: bool, errors: &mut Errors) -> Option<Survey> {
-    let obj = match value {
-        Some(Value::Object(obj)) => obj,
-        None | Some(Value::Null) if !required => return None,
-        _ => {
-            let rule = "Survey with a question and 2-5 options is required for message type 6";
-            errors.insert("survey".into(), rule.into());
-            return None;
-        }
-    };
-    let question = obj.get("question").and_then(Value::as_str).unwrap_or("");
-    let question_ok = !question.trim().is_empty() && question.chars().count() <= 85;
-    if !question_ok {
-        let rule = "Survey question is required and must be at most 85 characters";
-        errors.insert("survey.question".into(), rule.into());
-    }
-    let options = match obj.get("options").and_then(Value::as_array) {
-        Some(a) if (2..=5).contains(&a.len()) && a.iter().all(Value::is_string) => Some(
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect::<Vec<_>>(),
-        ),
-        _ => {
-            let rule = "Survey must have 2-5 options, each a string";
-            errors.insert("survey.options".into(), rule.into());
-            None
-        }
-    };
-    match (question_ok, options) {
-        (true, Some(options)) => Some(Survey {
-            question: question.to_owned(),
-            options,
-        }),
-        _ => None,
-    }
-}
-
-fn carousel(value: Option<&Value>, errors: &mut Errors) -> Option<Carousel> {
-    let obj = match value {
-        None | Some(Value::Null) => return None,
-        Some(Value::Object(obj)) => obj,
-        Some(_) => {
-            let rule = "Carousel must be an object with a title and 2-5 items";
-            errors.insert("carousel".into(), rule.into());
-            return None;
-        }
-    };
-    let before = errors.len();
-    let title = obj.get("title").and_then(Value::as_str).unwrap_or("");
-    if !(2..=38).contains(&title.chars().count()) {
-        let rule = "Carousel title must be 2-38 characters";
-        errors.insert("carousel.title".into(), rule.into());
-    }
-    let items = obj.get("items").and_then(Value::as_array);
-    match items {
-        Some(items) if (2..=5).contains(&items.len()) => {
-            for (i, item) in items.iter().enumerate() {
-                let field = format!("carousel.items[{i}].imageUrl");
-                media_url(item.get("imageUrl"), &field, errors);
-            }
-        }
-        _ => {
-            let rule = "Carousel must have 2-5 items";
-            errors.insert("carousel.items".into(), rule.into());
-        }
-    }
-    (errors.len() == before).then(|| Carousel {
-        title: title.to_owned(),
-        items: items.cloned().unwrap_or_default(),
-    })
 }
 
 #[cfg(test)]

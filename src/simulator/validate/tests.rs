@@ -1,6 +1,7 @@
 //! Unit tests of request-body parsing and the template, campaign and phone rules.
 
 use super::*;
+use crate::api::text;
 use serde_json::json;
 
 fn errors_of(body: Value) -> Errors {

@@ -1,0 +1,228 @@
+//! Reading a small request body (a single send, a template) strictly, and the
+//! Content-Type a JSON body must carry.
+//!
+//! serde_json takes the last of two equal keys without a word, so `{"phoneNumber": "good",
+//! "phoneNumber": "bad"}` would mean one thing to sluice and maybe another to the API.
+//! [`object`] builds the `Value` itself and refuses a repeated key in any object, at any
+//! depth, and a body nesting deeper than [`crate::split::MAX_DEPTH`] (serde_json's own
+//! limit, reached without a stack overflow). Bulk bodies are never read this way: the
+//! splitter reads them in one pass ([`crate::split`]), and the recipients check looks at
+//! each element as the splitter shows it ([`super::recipients`]).
+//!
+//! Each failure is a [`Rejection::Malformed`] with a message saying what is wrong and
+//! where, so the client gets a clear 400 in the seed's envelope.
+
+use std::fmt;
+
+use http::{header, HeaderMap};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use super::outcome::{BODY, CONTENT_TYPE};
+use super::Rejection;
+use crate::split::MAX_DEPTH;
+
+/// The message for a Content-Type that is not JSON.
+pub const NOT_JSON_CONTENT_TYPE: &str =
+    "Content-Type must be application/json (or another JSON media type): the body of this request is JSON.";
+
+/// The message for a body that is JSON but not an object.
+pub const NOT_AN_OBJECT: &str = "Request body must be a JSON object";
+
+/// Parses `body` as one JSON object, refusing repeated keys and too deep nesting.
+pub fn object(body: &[u8]) -> Result<Map<String, Value>, Rejection> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = Strict
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| malformed(&e))?;
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(Rejection::malformed(BODY, NOT_AN_OBJECT)),
+    }
+}
+
+/// Checks that a request's Content-Type, when it has one, is JSON: `application/json` or
+/// any `…/…+json` type, with any parameters. No Content-Type is fine (many clients send
+/// none); the body is checked as JSON all the same.
+pub fn content_type(headers: &HeaderMap) -> Result<(), Rejection> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    let json = essence == "application/json"
+        || essence
+            .split_once('/')
+            .is_some_and(|(t, sub)| !t.is_empty() && sub.ends_with("+json"));
+    if json {
+        Ok(())
+    } else {
+        Err(Rejection::malformed(CONTENT_TYPE, NOT_JSON_CONTENT_TYPE))
+    }
+}
+
+/// The message for a body serde_json could not read.
+fn malformed(e: &serde_json::Error) -> Rejection {
+    let message = e.to_string();
+    let message = if message.starts_with("recursion limit exceeded") {
+        format!("Request body nests deeper than {MAX_DEPTH} arrays/objects")
+    } else if e.is_data() {
+        // Only our own checks raise data errors: a repeated key.
+        format!("Request body is ambiguous: {message}. A key may appear only once in an object.")
+    } else {
+        format!("Request body is not valid JSON: {message}")
+    };
+    Rejection::malformed(BODY, message)
+}
+
+/// A `Value` that refuses repeated keys.
+struct Strict;
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Value, E> {
+        Ok(Value::from(n))
+    }
+
+    fn visit_f64<E>(self, n: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Strict)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format_args!(
+                    "the key {key:?} appears twice"
+                )));
+            }
+            let value = map.next_value_seed(Strict)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn message(body: &str) -> String {
+        match object(body.as_bytes()) {
+            Err(Rejection::Malformed { message, .. }) => message,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_objects_like_serde_json() {
+        let body = r#"{"a":[1,-2,3.5,"x",null,true,{"b":{}}],"c":"\u00e9"}"#;
+        let ours = Value::Object(object(body.as_bytes()).unwrap());
+        assert_eq!(ours, serde_json::from_str::<Value>(body).unwrap());
+    }
+
+    #[test]
+    fn refuses_what_is_not_one_clean_object() {
+        assert!(message("not json").starts_with("Request body is not valid JSON: "));
+        assert!(message("{").starts_with("Request body is not valid JSON: "));
+        assert!(message(r#"{"a":1} x"#).contains("trailing characters"));
+        assert_eq!(message("[1]"), NOT_AN_OBJECT);
+        assert_eq!(message(r#""+38970123456""#), NOT_AN_OBJECT);
+        let dup = message(r#"{"phoneNumber":"1","phoneNumber":"2"}"#);
+        assert!(
+            dup.contains(r#"the key "phoneNumber" appears twice"#),
+            "{dup}"
+        );
+        assert!(dup.contains("line 1"), "{dup}");
+        let nested = message(r#"{"a":{"b":[{"c":1,"c":2}]}}"#);
+        assert!(nested.contains(r#""c" appears twice"#), "{nested}");
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        assert_eq!(
+            message(&deep),
+            "Request body nests deeper than 127 arrays/objects"
+        );
+        let ok = format!("{}1{}", r#"{"a":"#.repeat(100), "}".repeat(100));
+        assert!(object(ok.as_bytes()).is_ok());
+        assert!(message("{\"a\":\"\u{1}\"}").starts_with("Request body is not valid JSON"));
+        assert!(object(b"{\"a\":\"\xff\"}").is_err());
+    }
+
+    #[test]
+    fn content_type_must_be_json_when_given() {
+        let check = |value: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
+            }
+            content_type(&h).is_ok()
+        };
+        for ok in [
+            None,
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some("application/vnd.api+json"),
+            Some(" application/json ;charset=UTF-8"),
+        ] {
+            assert!(check(ok), "{ok:?}");
+        }
+        for bad in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonp",
+            "json",
+            "",
+        ] {
+            assert!(!check(Some(bad)), "{bad:?}");
+        }
+    }
+}
