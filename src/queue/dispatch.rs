@@ -6,14 +6,9 @@
 //! cooldown (shared with the pass-through proxy, so one 429 pauses the whole key), the
 //! optional per-key rate limits, and a global concurrency limit. Before sending, a part
 //! larger than the API could ever accept (the route's maximum, or the `maxAllowed` the
-//! key's last 429 reported) is cut. After the answer:
-//! - 2xx: the part succeeded; the API's answer is kept for the client.
-//! - 429: never a failure. The key cools down for the hint; if the 429 reported room
-//!   (`availableCapacity`) a piece of exactly that size goes at once and the rest waits.
-//! - 5xx, timeouts, connection errors: retried with backoff up to `max_attempts` or
-//!   `max_age`, then a dead letter. A 5xx after the API accepted means those recipients
-//!   may get the message twice: delivery is at-least-once.
-//! - other 4xx: a dead letter at once, with the API's status and body kept.
+//! key's last 429 reported) is cut. What happens after the answer is `settle`'s: the
+//! failure policy. A 5xx after the API accepted means those recipients may get the
+//! message twice: delivery is at-least-once.
 //!
 //! Every state change is committed to the store before the next step, so a crash at any
 //! point loses nothing: on restart every unfinished part is scheduled again.
@@ -35,15 +30,15 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::plan::{self, Cut};
-use super::store::{Dispatchable, NewPart, PartState, Store, StoreError, StoredResponse};
+use super::plan;
+use super::settle::Attempt;
+use super::store::{Dispatchable, Store, StoreError};
 use crate::admin::Health;
 use crate::apikey::{ApiKey, KeyId};
 use crate::keystate::{KeyState, Stored};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::retry::{self, Class, Outcome};
 use crate::routes::{Route, RouteKind};
-use crate::split;
 use crate::upstream::Upstream;
 
 /// Largest upstream answer kept for a part (the API's are small JSON objects).
@@ -75,12 +70,12 @@ pub struct Backlog {
     pub bytes: AtomicU64,
 }
 
-struct Inner {
-    store: Arc<Store>,
+pub(super) struct Inner {
+    pub(super) store: Arc<Store>,
     upstream: Upstream,
-    keys: Arc<KeyState>,
-    metrics: Arc<Metrics>,
-    settings: DispatchSettings,
+    pub(super) keys: Arc<KeyState>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) settings: DispatchSettings,
     routes: HashMap<String, Route>,
     slots: Semaphore,
     tx: mpsc::UnboundedSender<Entry>,
@@ -228,7 +223,7 @@ async fn schedule(
 // === impl Inner ===
 
 impl Inner {
-    fn enqueue(&self, part: Dispatchable, after: Option<Duration>, bypass: bool) {
+    pub(super) fn enqueue(&self, part: Dispatchable, after: Option<Duration>, bypass: bool) {
         let at = match after {
             Some(wait) => Instant::now() + wait,
             None => {
@@ -241,7 +236,7 @@ impl Inner {
         let _ = self.tx.send(Entry { at, part, bypass });
     }
 
-    fn remove_backlog(&self, recipients: u64, bytes: u64) {
+    pub(super) fn remove_backlog(&self, recipients: u64, bytes: u64) {
         let b = &self.backlog;
         let sub = |a: &AtomicU64, n: u64| {
             let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -252,7 +247,7 @@ impl Inner {
         sub(&b.bytes, bytes);
     }
 
-    fn notify(&self, job: &str) {
+    pub(super) fn notify(&self, job: &str) {
         if let Some(n) = self.waiters.get(job) {
             n.notify_waiters();
         }
@@ -294,18 +289,7 @@ impl Inner {
                 .flatten()
         };
         if let Some(max) = too_big() {
-            return self
-                .split(
-                    &part,
-                    &route,
-                    Cut {
-                        now: None,
-                        piece_max: max,
-                    },
-                    "size",
-                    Duration::ZERO,
-                )
-                .await;
+            return self.split_to(&part, &route, max).await;
         }
         // Bulk parts, and every part of a key whose capacity is tight, go one at a time
         // per key: each learns from the answer to the one before (a 429 cools the key
@@ -327,18 +311,7 @@ impl Inner {
         // A 429 seen while this part waited may have taught a smaller maxAllowed.
         if let Some(max) = too_big() {
             drop(permit);
-            return self
-                .split(
-                    &part,
-                    &route,
-                    Cut {
-                        now: None,
-                        piece_max: max,
-                    },
-                    "size",
-                    Duration::ZERO,
-                )
-                .await;
+            return self.split_to(&part, &route, max).await;
         }
         self.rate_limit(&key_id, n).await;
         let Ok(_slot) = self.slots.acquire().await else {
@@ -398,100 +371,19 @@ impl Inner {
             "upstream send attempt"
         );
 
-        match (retry::classify(outcome, true), stored) {
-            (Class::RateLimited, Some(stored)) => {
-                let (wait, cap) = self.keys.observe_429(Some(key_id), &part.route, &stored);
-                match permit {
-                    Some(p) => p.rate_limited(wait.duration),
-                    None => self.keys.cooldowns.on_rate_limited(&key_id, wait.duration),
-                }
-                self.metrics
-                    .retries
-                    .with_label_values(&["rate_limited"])
-                    .inc();
-                let cut = (route.kind == RouteKind::Bulk)
-                    .then(|| plan::cut_after_429(n, route.max_recipients_per_request, &cap))
-                    .flatten();
-                match cut {
-                    Some(cut) => {
-                        let reason = if cut.now.is_some() {
-                            "capacity"
-                        } else {
-                            "size"
-                        };
-                        self.split(&part, &route, cut, reason, wait.duration).await
-                    }
-                    None => {
-                        let next = now_ms() + wait.duration.as_millis() as i64;
-                        self.store
-                            .schedule_retry(
-                                &part.job_id,
-                                part.seq,
-                                Some(429),
-                                Some("rate limited: waiting for the API's hint".into()),
-                                next,
-                                false,
-                                now_ms(),
-                            )
-                            .await?;
-                        let mut part = part;
-                        part.next_attempt_at = Some(next);
-                        self.enqueue(part, Some(wait.duration), false);
-                        Ok(())
-                    }
-                }
-            }
-            (Class::Success, Some(stored)) => {
-                if let Some(p) = permit {
-                    p.succeeded();
-                }
-                self.finish(&part, PartState::Succeeded, Some(stored), None)
-                    .await
-            }
-            (Class::Transient(reason), stored) => {
-                if let (Some(p), true) = (permit, stored.is_some()) {
-                    p.succeeded();
-                }
-                let age = Duration::from_millis((now_ms() - part.created_at).max(0) as u64);
-                if attempts >= self.settings.max_attempts || age >= self.settings.max_age {
-                    let why = error.unwrap_or_else(|| format!("gave up after {attempts} attempts"));
-                    return self
-                        .finish(&part, PartState::Failed, stored, Some(why))
-                        .await;
-                }
-                let wait = self.keys.policy().backoff(attempts - 1, &mut rand::rng());
-                self.metrics
-                    .retries
-                    .with_label_values(&[reason.as_str()])
-                    .inc();
-                self.metrics.observe_wait("backoff", wait);
-                let next = now_ms() + wait.as_millis() as i64;
-                let status = stored.as_ref().map(|s| s.status.as_u16());
-                let why =
-                    error.unwrap_or_else(|| format!("the API answered {}", status.unwrap_or(0)));
-                self.store
-                    .schedule_retry(
-                        &part.job_id,
-                        part.seq,
-                        status,
-                        Some(why),
-                        next,
-                        true,
-                        now_ms(),
-                    )
-                    .await?;
-                let mut part = part;
-                part.attempts = attempts;
-                part.next_attempt_at = Some(next);
-                self.enqueue(part, Some(wait), false);
-                Ok(())
-            }
-            (_, stored) => {
-                if let (Some(p), true) = (permit, stored.is_some()) {
-                    p.succeeded();
-                }
-                self.finish(&part, PartState::Failed, stored, error).await
-            }
+        let attempt = Attempt {
+            part,
+            route,
+            key: key_id,
+            permit,
+            stored,
+            error,
+        };
+        match retry::classify(outcome, true) {
+            Class::RateLimited => self.on_rate_limited(attempt).await,
+            Class::Success => self.on_success(attempt).await,
+            Class::Transient(reason) => self.on_transient(attempt, reason).await,
+            Class::Final => self.on_final(attempt).await,
         }
     }
 
@@ -511,110 +403,6 @@ impl Inner {
                 left -= u64::from(take);
             }
         }
-    }
-
-    /// Cuts a part into pieces (see [`plan`]) and schedules them: with `cut.now`, the
-    /// first piece goes at once past the cooldown; the others after `wait`.
-    async fn split(
-        &self,
-        part: &Dispatchable,
-        route: &Route,
-        cut: Cut,
-        reason: &str,
-        wait: Duration,
-    ) -> Result<(), StoreError> {
-        let n = part.items.end - part.items.start;
-        let body = self
-            .store
-            .part_body(&part.job_id, part.bytes.clone())
-            .await?;
-        let layout = match split::scan(&body, &route.recipients_pointer, |_, _| {}) {
-            Ok(layout) if layout.items.len() as u64 == n => layout,
-            Ok(_) | Err(_) => {
-                let why =
-                    "the stored part no longer matches its recipients; cannot split it".to_string();
-                return self.dead_letter(part, None, why).await;
-            }
-        };
-        // Offsets in the part body → offsets in the stored body.
-        let base = layout.array.start as u64 + 1;
-        let to_body = |offset: usize| offset as u64 - base + part.bytes.start;
-        let mut pieces = Vec::new();
-        let mut first = 0usize;
-        for size in plan::piece_sizes(n, cut) {
-            let last = first + size as usize;
-            pieces.push(NewPart {
-                items: part.items.start + first as u64..part.items.start + last as u64,
-                bytes: to_body(layout.items[first].start)..to_body(layout.items[last - 1].end),
-            });
-            first = last;
-        }
-        let seqs = self
-            .store
-            .split_part(&part.job_id, part.seq, pieces, now_ms())
-            .await?;
-        self.metrics.parts_split.with_label_values(&[reason]).inc();
-        tracing::info!(job = %part.job_id, part = part.seq, pieces = seqs.len(), reason, "part split");
-        let mut pieces = self.store.dispatchable(&part.job_id, &seqs).await?;
-        pieces.sort_by_key(|p| p.items.start);
-        for (i, piece) in pieces.into_iter().enumerate() {
-            if i == 0 && cut.now.is_some() {
-                self.enqueue(piece, Some(Duration::ZERO), true);
-            } else {
-                self.enqueue(piece, Some(wait), false);
-            }
-        }
-        Ok(())
-    }
-
-    async fn dead_letter(
-        &self,
-        part: &Dispatchable,
-        stored: Option<Stored>,
-        why: String,
-    ) -> Result<(), StoreError> {
-        self.finish(part, PartState::Failed, stored, Some(why))
-            .await
-    }
-
-    /// Records a part's final state, counts it and wakes whoever waits for the job.
-    async fn finish(
-        &self,
-        part: &Dispatchable,
-        state: PartState,
-        stored: Option<Stored>,
-        error: Option<String>,
-    ) -> Result<(), StoreError> {
-        let response = stored.map(|s| StoredResponse {
-            status: s.status.as_u16(),
-            headers: s
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body: s.body.to_vec(),
-        });
-        self.store
-            .finish_part(&part.job_id, part.seq, state, response, error, now_ms())
-            .await?;
-        let n = part.items.end - part.items.start;
-        let route = part.route.as_str();
-        if state == PartState::Succeeded {
-            self.metrics
-                .recipients_delivered
-                .with_label_values(&[route])
-                .inc_by(n);
-        } else {
-            self.metrics.dead_letters.with_label_values(&[route]).inc();
-            self.metrics
-                .recipients_failed
-                .with_label_values(&[route])
-                .inc_by(n);
-            tracing::warn!(job = %part.job_id, part = part.seq, route, recipients = n, "part dead-lettered");
-        }
-        self.remove_backlog(n, part.bytes.end - part.bytes.start);
-        self.notify(&part.job_id);
-        Ok(())
     }
 
     /// The route a part was accepted under (or a plain single route, when the
