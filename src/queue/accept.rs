@@ -20,6 +20,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::dispatch::now_ms;
@@ -203,33 +204,39 @@ impl Queue {
             ));
         }
 
-        let id = format!("{:032x}", rand::random::<u128>());
         strip_hop_by_hop(&mut headers);
-        let client_key = (!injected)
-            .then(|| headers.get(apikey::HEADER).map(|v| v.as_bytes().to_vec()))
-            .flatten();
-        let stored_headers: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .filter(|(name, _)| !NOT_STORED.contains(&name.as_str()))
-            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-            .collect();
-        let path = uri
-            .path_and_query()
-            .map_or_else(|| uri.path().to_string(), |pq| pq.as_str().to_string());
-        let created_at = now_ms();
-        let job = NewJob {
-            id: id.clone(),
+        let meta = JobMeta {
+            id: format!("{:032x}", rand::random::<u128>()),
             owner: key_id.full(),
-            api_key: client_key.clone(),
+            api_key: (!injected)
+                .then(|| headers.get(apikey::HEADER).map(|v| v.as_bytes().to_vec()))
+                .flatten(),
             route: route.name.clone(),
             method: method.as_str().to_string(),
-            path: path.clone(),
-            headers: stored_headers.clone(),
+            path: uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_string(), |pq| pq.as_str().to_string()),
+            headers: headers
+                .iter()
+                .filter(|(name, _)| !NOT_STORED.contains(&name.as_str()))
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            created_at: now_ms(),
+        };
+        let id = meta.id.clone();
+        let job = NewJob {
+            id: id.clone(),
+            owner: meta.owner.clone(),
+            api_key: meta.api_key.clone(),
+            route: meta.route.clone(),
+            method: meta.method.clone(),
+            path: meta.path.clone(),
+            headers: meta.headers.clone(),
             body,
             array,
             parts: new_parts.clone(),
             skipped: skipped_json.clone(),
-            now_ms: created_at,
+            now_ms: meta.created_at,
         };
         let notify = q.dispatcher.watch(&id);
         if let Err(e) = q.store.insert_job(job).await {
@@ -254,52 +261,10 @@ impl Queue {
             gate.skipped(skipped.len());
             tracing::info!(job = %id, route = %route.name, skipped = skipped.len(), "recipients skipped by validation");
         }
-        let record = JobRecord {
-            id: id.clone(),
-            owner: key_id.full(),
-            route: route.name.clone(),
-            method: method.as_str().to_string(),
-            path: path.clone(),
-            state: JobState::Queued,
-            recipients,
-            counts: PartCounts {
-                queued: new_parts.len() as u64,
-                ..PartCounts::default()
-            },
-            created_at,
-            updated_at: created_at,
-            skipped: skipped_json,
-            parts: Vec::with_capacity(new_parts.len()),
-        };
-        let mut record = record;
-        for (seq, p) in new_parts.into_iter().enumerate() {
-            q.dispatcher.enqueue(Dispatchable {
-                job_id: id.clone(),
-                seq: seq as u32,
-                owner: key_id.full(),
-                api_key: client_key.clone(),
-                route: route.name.clone(),
-                method: method.as_str().to_string(),
-                path: path.clone(),
-                headers: stored_headers.clone(),
-                items: p.items.clone(),
-                bytes: p.bytes.clone(),
-                attempts: 0,
-                next_attempt_at: None,
-                created_at,
-            });
-            record.parts.push(PartRecord {
-                seq: seq as u32,
-                items: p.items,
-                bytes: p.bytes,
-                state: PartState::Queued,
-                attempts: 0,
-                last_status: None,
-                last_error: None,
-                next_attempt_at: None,
-                response: None,
-            });
+        for (seq, p) in new_parts.iter().enumerate() {
+            q.dispatcher.enqueue(meta.dispatchable(seq as u32, p));
         }
+        let record = meta.record(recipients, &new_parts, skipped_json);
         tracing::info!(job = %id, route = %route.name, recipients, parts = record.parts.len(), "job accepted");
 
         if pref.respond_async {
@@ -307,25 +272,103 @@ impl Queue {
             return Ok(accepted(&record, &pref));
         }
         let deadline = Instant::now() + pref.wait.unwrap_or(q.sync_wait);
-        let owner = key_id.full();
-        let finished = loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match q.store.job(&id, &owner).await {
-                Ok(Some(job)) if is_final(job.state) => break Some(job),
-                Ok(Some(job)) => record = job,
-                Ok(None) | Err(_) => break None,
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break None;
-            }
-        };
+        let finished = self.wait_for(&id, &key_id.full(), &notify, deadline).await;
         q.dispatcher.unwatch(&id);
         Ok(match finished {
             Some(job) => finished_answer(&job),
             None => accepted(&record, &pref),
         })
+    }
+
+    /// Waits until the job is final (woken by the dispatcher at each part's end) or the
+    /// deadline passes; the finished job, if it finished.
+    async fn wait_for(
+        &self,
+        id: &str,
+        owner: &str,
+        notify: &Notify,
+        deadline: Instant,
+    ) -> Option<JobRecord> {
+        loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.inner.store.job(id, owner).await {
+                Ok(Some(job)) if is_final(job.state) => return Some(job),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+            tokio::time::timeout_at(deadline, notified).await.ok()?;
+        }
+    }
+}
+
+/// What a new job's parts share, to build its dispatchable parts and first record.
+struct JobMeta {
+    id: String,
+    owner: String,
+    api_key: Option<Vec<u8>>,
+    route: String,
+    method: String,
+    path: String,
+    headers: Vec<(String, Vec<u8>)>,
+    created_at: i64,
+}
+
+// === impl JobMeta ===
+
+impl JobMeta {
+    fn dispatchable(&self, seq: u32, part: &NewPart) -> Dispatchable {
+        Dispatchable {
+            job_id: self.id.clone(),
+            seq,
+            owner: self.owner.clone(),
+            api_key: self.api_key.clone(),
+            route: self.route.clone(),
+            method: self.method.clone(),
+            path: self.path.clone(),
+            headers: self.headers.clone(),
+            items: part.items.clone(),
+            bytes: part.bytes.clone(),
+            attempts: 0,
+            next_attempt_at: None,
+            created_at: self.created_at,
+        }
+    }
+
+    /// The job as just stored: every part queued, nothing attempted.
+    fn record(self, recipients: u64, parts: &[NewPart], skipped: Option<String>) -> JobRecord {
+        JobRecord {
+            parts: parts
+                .iter()
+                .enumerate()
+                .map(|(seq, p)| PartRecord {
+                    seq: seq as u32,
+                    items: p.items.clone(),
+                    bytes: p.bytes.clone(),
+                    state: PartState::Queued,
+                    attempts: 0,
+                    last_status: None,
+                    last_error: None,
+                    next_attempt_at: None,
+                    response: None,
+                })
+                .collect(),
+            id: self.id,
+            owner: self.owner,
+            route: self.route,
+            method: self.method,
+            path: self.path,
+            state: JobState::Queued,
+            recipients,
+            counts: PartCounts {
+                queued: parts.len() as u64,
+                ..PartCounts::default()
+            },
+            created_at: self.created_at,
+            updated_at: self.created_at,
+            skipped,
+        }
     }
 }
 
