@@ -441,6 +441,12 @@ EOF
   stop "$SLUICE_PID"
   stop "$NGINX_PID"
   stop "$UPSTREAM_PID"
+  # Both proxies logged one line per request (about 1 GB together); keep only the ends.
+  local log
+  for log in nginx-proxy-access sluice-passthrough; do
+    tail -n 20 "$RAW/$log.log" >"$RAW/$log.tail.log"
+    rm -f "$RAW/$log.log"
+  done
 }
 
 # ---------------------------------------------------------------------------------------
