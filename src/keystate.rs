@@ -59,7 +59,8 @@ impl KeyState {
     }
 
     /// Records a 429 seen on `route`: counts it, reads its hint and capacity, remembers
-    /// both for the key, and returns how long to wait. The caller reports the wait to its
+    /// both for the key, and returns how long to wait (the caller records the wait in
+    /// `sluice_retry_wait_seconds` when it does retry). The caller reports the wait to its
     /// cooldown permit (or to [`Cooldowns::on_rate_limited`] when it held none).
     pub fn observe_429(
         &self,
@@ -79,7 +80,6 @@ impl KeyState {
             m.hints_capped.inc();
         }
         let wait = self.policy.wait(hint, 0, &mut rand::rng());
-        m.observe_wait(wait.source.as_str(), wait.duration);
         let cap = Capacity::parse(&stored.body);
         tracing::info!(
             route,

@@ -610,6 +610,9 @@ async fn past_the_deadline_the_client_gets_the_apis_429_unchanged() {
     assert_eq!(headers["content-type"], d_headers["content-type"]);
     let exceeded = proxy.metrics.deadline_exceeded.with_label_values(&[ROUTE]);
     assert_eq!(exceeded.get(), 1);
+    // Nobody waited: the retry-wait histogram records only waits before a retry.
+    let waits = proxy.metrics.retry_wait.with_label_values(&["hint"]);
+    assert_eq!(waits.get_sample_count(), 0);
 
     // While the key cools down, another request cannot make its deadline either: it
     // gets the same 429 at once, without asking the API.
@@ -853,6 +856,8 @@ async fn an_idempotent_get_is_retried_on_5xx() {
             .get(),
         2
     );
+    let waits = proxy.metrics.retry_wait.with_label_values(&["backoff"]);
+    assert_eq!(waits.get_sample_count(), 2);
 }
 
 #[tokio::test]

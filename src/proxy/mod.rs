@@ -202,13 +202,14 @@ impl Inner {
                         return Ok(self.give_up_with(stored));
                     }
                     match self.inner_decide(class, wait, failures, started) {
-                        Some(wait) => {
+                        Some(pause) => {
                             self.metrics
                                 .retries
                                 .with_label_values(&["rate_limited"])
                                 .inc();
+                            self.metrics.observe_wait(wait.source.as_str(), pause);
                             if key.id.is_none() {
-                                tokio::time::sleep(wait).await;
+                                tokio::time::sleep(pause).await;
                             }
                             continue;
                         }
@@ -234,6 +235,7 @@ impl Inner {
                         .retries
                         .with_label_values(&[reason.as_str()])
                         .inc();
+                    self.metrics.observe_wait("backoff", wait);
                     tracing::info!(
                         attempt = failures,
                         reason = reason.as_str(),
