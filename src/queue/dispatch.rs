@@ -1,8 +1,8 @@
 //! The dispatcher: sends queued parts to the API, paced to its capacity, until each is
 //! delivered or dead-lettered.
 //!
-//! A scheduler task keeps every runnable part in a heap ordered by when it may go next.
-//! A due part becomes a worker task, which passes three gates in order: the key's
+//! The `scheduler` hands over each part when it may go (at most `queue.concurrency` of one
+//! key's parts at once). Each becomes a worker task, which passes three gates in order: the key's
 //! cooldown (shared with the pass-through proxy, so one 429 pauses the whole key), the
 //! optional per-key rate limits, and a global concurrency limit. Before sending, a part
 //! larger than the API could ever accept (the route's maximum, or the `maxAllowed` the
@@ -13,8 +13,7 @@
 //! Every state change is committed to the store before the next step, so a crash at any
 //! point loses nothing: on restart every unfinished part is scheduled again.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::plan;
+use super::scheduler::{schedule, Entry};
 use super::settle::Attempt;
 use super::store::{Dispatchable, Store, StoreError};
 use crate::admin::Health;
@@ -87,14 +87,6 @@ pub(super) struct Inner {
     recipients: Option<(DefaultKeyedRateLimiter<KeyId>, u32)>,
 }
 
-/// A part waiting for its time.
-struct Entry {
-    at: Instant,
-    part: Dispatchable,
-    /// Skip the key's cooldown: the API just said it has room for exactly this piece.
-    bypass: bool,
-}
-
 // === impl Dispatcher ===
 
 impl Dispatcher {
@@ -131,7 +123,8 @@ impl Dispatcher {
             serial: DashMap::new(),
             backlog: Backlog::default(),
         });
-        tokio::spawn(schedule(inner.clone(), rx, shutdown));
+        let per_key = inner.settings.concurrency;
+        tokio::spawn(schedule(inner.clone(), rx, per_key, shutdown));
         Self { inner }
     }
 
@@ -183,43 +176,6 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The scheduler loop: a heap of parts by due time.
-async fn schedule(
-    inner: Arc<Inner>,
-    mut rx: mpsc::UnboundedReceiver<Entry>,
-    shutdown: CancellationToken,
-) {
-    let mut heap: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
-    let mut entries: HashMap<u64, Entry> = HashMap::new();
-    let mut counter = 0u64;
-    loop {
-        let next = heap.peek().map(|Reverse((at, _))| *at);
-        tokio::select! {
-            entry = rx.recv() => match entry {
-                Some(entry) => {
-                    counter += 1;
-                    heap.push(Reverse((entry.at, counter)));
-                    entries.insert(counter, entry);
-                }
-                None => return,
-            },
-            _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                let now = Instant::now();
-                while let Some(Reverse((at, id))) = heap.peek().copied() {
-                    if at > now {
-                        break;
-                    }
-                    heap.pop();
-                    if let Some(entry) = entries.remove(&id) {
-                        tokio::spawn(inner.clone().run(entry.part, entry.bypass));
-                    }
-                }
-            }
-            _ = shutdown.cancelled() => return,
-        }
-    }
-}
-
 // === impl Inner ===
 
 impl Inner {
@@ -254,7 +210,7 @@ impl Inner {
     }
 
     /// One part's turn; store errors leave it queued on disk and retry it later.
-    async fn run(self: Arc<Self>, part: Dispatchable, bypass: bool) {
+    pub(super) async fn run(self: Arc<Self>, part: Dispatchable, bypass: bool) {
         let retry_copy = part.clone();
         match self.attempt(part, bypass).await {
             Ok(()) => {}
@@ -421,7 +377,7 @@ impl Inner {
     }
 
     /// The key to send with: the one stored with the job, else the proxy's own.
-    fn key_for(&self, part: &Dispatchable) -> Option<(HeaderValue, KeyId)> {
+    pub(super) fn key_for(&self, part: &Dispatchable) -> Option<(HeaderValue, KeyId)> {
         match &part.api_key {
             Some(bytes) => {
                 let mut value = HeaderValue::from_bytes(bytes).ok()?;

@@ -4,8 +4,8 @@
 //! - [`store`]: SQLite, one writer thread with group commit; a job is on disk before
 //!   the client hears "accepted".
 //! - [`accept`]: turns a send into a job (split into parts) and answers the client.
-//! - [`dispatch`]: sends parts, paced to the API's capacity; `settle`: what it does with
-//!   each answer (the failure policy).
+//! - [`dispatch`]: sends parts, paced to the API's capacity; `scheduler`: when each part
+//!   may go; `settle`: what the dispatcher does with each answer (the failure policy).
 //! - [`plan`]: the pure cutting rules; [`prefer`]: RFC 7240 `Prefer`; [`view`]: job JSON.
 //! - [`jobs_api`]: `/sluice/v1/jobs…` for clients to follow, retry and cancel their jobs.
 
@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod jobs_api;
 pub mod plan;
 pub mod prefer;
+mod scheduler;
 mod settle;
 pub mod store;
 pub mod view;
