@@ -276,6 +276,19 @@ async fn cancel_stops_what_was_not_sent_and_other_keys_see_nothing() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["jobs"], serde_json::json!([]));
+    // No key at all: the API's own 401.
+    let (status, _, body) = send(
+        Method::GET,
+        &url(&p, &format!("/sluice/v1/jobs/{job_id}")),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"error": "Unauthorized", "message": "Missing or invalid X-API-Key header. Please provide a valid API key."})
+    );
 
     // Wait until the API has refused the part at least once, then cancel.
     common::wait_until(

@@ -11,10 +11,11 @@
 //! - `DELETE /sluice/v1/jobs/{id}`: parts not yet sent are cancelled.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::routing::get;
 use axum::Router;
-use http::{HeaderMap, Response, StatusCode};
+use http::request::Parts;
+use http::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -49,24 +50,16 @@ pub fn router(queue: Queue) -> Router {
 async fn show(
     State(q): State<Queue>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Owner(owner): Owner,
 ) -> Response<Body> {
-    let owner = match owner(&q, &headers) {
-        Ok(owner) => owner,
-        Err(resp) => return resp,
-    };
     current(&q, &id, &owner).await
 }
 
 async fn list(
     State(q): State<Queue>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-    headers: HeaderMap,
+    Owner(owner): Owner,
 ) -> Response<Body> {
-    let owner = match owner(&q, &headers) {
-        Ok(owner) => owner,
-        Err(resp) => return resp,
-    };
     let Ok(Query(query)) = query else {
         return bad_request("Unknown query parameter: use state, limit and cursor.");
     };
@@ -102,79 +95,73 @@ async fn list(
 async fn retry(
     State(q): State<Queue>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Owner(owner): Owner,
 ) -> Response<Body> {
-    let owner = match owner(&q, &headers) {
-        Ok(owner) => owner,
-        Err(resp) => return resp,
+    let seqs = match q.inner.store.retry_failed(&id, &owner, now_ms()).await {
+        Ok(Some(seqs)) => seqs,
+        Ok(None) => return not_found(),
+        Err(e) => return store_error(e),
     };
-    {
-        let seqs = match q.inner.store.retry_failed(&id, &owner, now_ms()).await {
-            Ok(Some(seqs)) => seqs,
-            Ok(None) => return not_found(),
-            Err(e) => return store_error(e),
-        };
-        match q.inner.store.dispatchable(&id, &seqs).await {
-            Ok(parts) => {
-                for part in parts {
-                    q.inner.dispatcher.add_backlog(
-                        part.items.end - part.items.start,
-                        part.bytes.end - part.bytes.start,
-                    );
-                    q.inner.dispatcher.enqueue(part);
-                }
+    match q.inner.store.dispatchable(&id, &seqs).await {
+        Ok(parts) => {
+            for part in parts {
+                q.inner.dispatcher.add_backlog(
+                    part.items.end - part.items.start,
+                    part.bytes.end - part.bytes.start,
+                );
+                q.inner.dispatcher.enqueue(part);
             }
-            Err(e) => return store_error(e),
         }
-        tracing::info!(job = %id, parts = seqs.len(), "dead letters replayed");
-        current(&q, &id, &owner).await
+        Err(e) => return store_error(e),
     }
+    tracing::info!(job = %id, parts = seqs.len(), "dead letters replayed");
+    current(&q, &id, &owner).await
 }
 
 async fn cancel(
     State(q): State<Queue>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Owner(owner): Owner,
 ) -> Response<Body> {
-    let owner = match owner(&q, &headers) {
-        Ok(owner) => owner,
-        Err(resp) => return resp,
+    // What is queued now is what the cancel takes out of the backlog; parts in flight
+    // leave it when the dispatcher finds them cancelled.
+    let queued_bytes = match q.inner.store.job(&id, &owner).await {
+        Ok(Some(job)) => job
+            .parts
+            .iter()
+            .filter(|p| p.state == PartState::Queued)
+            .map(|p| p.bytes.end - p.bytes.start)
+            .sum(),
+        Ok(None) => return not_found(),
+        Err(e) => return store_error(e),
     };
-    {
-        // What is queued now is what the cancel takes out of the backlog; parts in flight
-        // leave it when the dispatcher finds them cancelled.
-        let queued_bytes = match q.inner.store.job(&id, &owner).await {
-            Ok(Some(job)) => job
-                .parts
-                .iter()
-                .filter(|p| p.state == PartState::Queued)
-                .map(|p| p.bytes.end - p.bytes.start)
-                .sum(),
-            Ok(None) => return not_found(),
-            Err(e) => return store_error(e),
-        };
-        match q.inner.store.cancel_job(&id, &owner, now_ms()).await {
-            Ok(Some(recipients)) => {
-                q.inner.dispatcher.remove_backlog(recipients, queued_bytes);
-                tracing::info!(job = %id, recipients, "job cancelled");
-                current(&q, &id, &owner).await
-            }
-            Ok(None) => not_found(),
-            Err(e) => store_error(e),
+    match q.inner.store.cancel_job(&id, &owner, now_ms()).await {
+        Ok(Some(recipients)) => {
+            q.inner.dispatcher.remove_backlog(recipients, queued_bytes);
+            tracing::info!(job = %id, recipients, "job cancelled");
+            current(&q, &id, &owner).await
         }
+        Ok(None) => not_found(),
+        Err(e) => store_error(e),
     }
 }
 
 // === helpers ===
 
-/// The caller's owner fingerprint, or the API's own 401 when it sent no key.
-#[allow(clippy::result_large_err)]
-fn owner(q: &Queue, headers: &HeaderMap) -> Result<String, Response<Body>> {
-    let mut headers = headers.clone();
-    match apikey::resolve(&mut headers, q.inner.own_key.as_ref()).id {
-        Some(id) => Ok(id.full()),
-        None => Err(Envelope::new(text::UNAUTHORIZED, text::MISSING_KEY)
-            .into_response(StatusCode::UNAUTHORIZED)),
+/// The caller's owner fingerprint (of its key, or the proxy's own when it sent none);
+/// without any key the request is refused with the API's own 401.
+struct Owner(String);
+
+impl FromRequestParts<Queue> for Owner {
+    type Rejection = Response<Body>;
+
+    async fn from_request_parts(parts: &mut Parts, q: &Queue) -> Result<Self, Self::Rejection> {
+        let mut headers = parts.headers.clone();
+        match apikey::resolve(&mut headers, q.inner.own_key.as_ref()).id {
+            Some(id) => Ok(Owner(id.full())),
+            None => Err(Envelope::new(text::UNAUTHORIZED, text::MISSING_KEY)
+                .into_response(StatusCode::UNAUTHORIZED)),
+        }
     }
 }
 
