@@ -53,6 +53,26 @@ struct MessageAccepted {
     status: &'static str,
 }
 
+/// The campaign a send goes to, checked for this kind of send (the channel of the path,
+/// bulk or not), or the API's answer refusing it.
+#[allow(clippy::result_large_err)]
+fn campaign_for(
+    sim: &Simulator,
+    key: &str,
+    id: &str,
+    channel: &str,
+    bulk: bool,
+) -> Result<(Id, SendKind), Response> {
+    let Some(channel) = Channel::parse(channel) else {
+        return Err(no_such_channel(channel));
+    };
+    let kind = SendKind { bulk, channel };
+    match target(sim, key, id, kind) {
+        Ok(id) => Ok((id, kind)),
+        Err(e) => Err(send_error(sim.config(), e)),
+    }
+}
+
 /// `POST /api/v1/campaigns/{id}/bulk/{channel}`.
 pub async fn bulk(
     State(sim): State<Simulator>,
@@ -60,16 +80,9 @@ pub async fn bulk(
     Path((id, channel)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let Some(channel) = Channel::parse(&channel) else {
-        return no_such_channel(&channel);
-    };
-    let kind = SendKind {
-        bulk: true,
-        channel,
-    };
-    let id = match target(&sim, &key, &id, kind) {
-        Ok(id) => id,
-        Err(e) => return send_error(sim.config(), e),
+    let (id, kind) = match campaign_for(&sim, &key, &id, &channel, true) {
+        Ok(found) => found,
+        Err(resp) => return resp,
     };
     let obj = match validate::object(&body) {
         Ok(obj) => obj,
@@ -114,16 +127,9 @@ pub async fn single(
     Path((id, channel)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let Some(channel) = Channel::parse(&channel) else {
-        return no_such_channel(&channel);
-    };
-    let kind = SendKind {
-        bulk: false,
-        channel,
-    };
-    let id = match target(&sim, &key, &id, kind) {
-        Ok(id) => id,
-        Err(e) => return send_error(sim.config(), e),
+    let (id, kind) = match campaign_for(&sim, &key, &id, &channel, false) {
+        Ok(found) => found,
+        Err(resp) => return resp,
     };
     let phone = match validate::single_phone(&body) {
         Ok(phone) => phone,
