@@ -22,8 +22,6 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the request body could not be read: {detail}")]
     ClientBody { detail: String },
-    #[error("{0}")]
-    Malformed(String),
     #[error("sluice forwards only to its configured messaging API; absolute-form request targets are refused. Send the path only (e.g. GET /api/v1/viber-services).")]
     AbsoluteForm,
     #[error("sluice forwards only to its configured messaging API; CONNECT tunnels are refused.")]
@@ -38,9 +36,7 @@ impl ProxyError {
             Self::UpstreamUnreachable { .. } | Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ClientBody { .. } | Self::Malformed(_) | Self::AbsoluteForm => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::ClientBody { .. } | Self::AbsoluteForm => StatusCode::BAD_REQUEST,
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
         }
     }

@@ -484,3 +484,51 @@ async fn per_key_request_limit_paces_the_sends() {
     );
     assert_eq!(sim.sim.stats().recipients_accepted, 25);
 }
+
+#[tokio::test]
+async fn a_cancelled_job_leaves_the_backlog_once() {
+    let sim = Running::start(sim_config(50_000, 1_000.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| c.queue.max_queued_recipients = 20).await;
+    let id = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    sim.sim.set_max_pending(0);
+    let path = format!("/api/v1/campaigns/{id}/bulk/sms");
+    let send10 = |first| {
+        post(
+            &p,
+            &path,
+            KEY,
+            Some("respond-async"),
+            bulk_body(&phones(first, 10)),
+        )
+    };
+    let (status, _, a) = send10(0).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _, _) = send10(100).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let a = a["id"].as_str().unwrap().to_string();
+    let (status, _, _) = send(
+        Method::DELETE,
+        &url(&p, &format!("/sluice/v1/jobs/{a}")),
+        &[("X-API-Key", KEY)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The cancelled part leaves the backlog when the dispatcher next meets it, after the
+    // API's 1 s hint: bulk parts of a key go one at a time, A's turn first, so once B has
+    // been refused a second time A's part has certainly been met.
+    common::wait_until(
+        || sim.sim.stats().rate_limited >= 3,
+        Duration::from_secs(10),
+        "B retried",
+    )
+    .await;
+    let (status, _, body) = send10(200).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // B and the new job are queued: the backlog is full (counting A out twice would
+    // leave room here).
+    let (status, _, body) = send10(300).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["currentPending"], 20);
+}

@@ -142,11 +142,6 @@ impl Dispatcher {
         self.inner.backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Removes finished or cancelled work from the back-pressure figures.
-    pub fn remove_backlog(&self, recipients: u64, bytes: u64) {
-        self.inner.remove_backlog(recipients, bytes);
-    }
-
     pub fn backlog(&self) -> (u64, u64) {
         let b = &self.inner.backlog;
         (

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::dispatch::now_ms;
-use super::store::{JobRecord, JobState, PartState};
+use super::store::{JobRecord, JobState};
 use super::view::JobView;
 use super::Queue;
 use crate::api::{self, text, Envelope};
@@ -123,21 +123,11 @@ async fn cancel(
     Path(id): Path<String>,
     Owner(owner): Owner,
 ) -> Response<Body> {
-    // What is queued now is what the cancel takes out of the backlog; parts in flight
-    // leave it when the dispatcher finds them cancelled.
-    let queued_bytes = match q.inner.store.job(&id, &owner).await {
-        Ok(Some(job)) => job
-            .parts
-            .iter()
-            .filter(|p| p.state == PartState::Queued)
-            .map(|p| p.bytes.end - p.bytes.start)
-            .sum(),
-        Ok(None) => return not_found(),
-        Err(e) => return store_error(e),
-    };
+    // The backlog is not touched here: every cancelled part is still in the scheduler,
+    // and the dispatcher takes it out of the backlog when it meets it (the store then
+    // refuses to send it). Doing it here too would count queued parts out twice.
     match q.inner.store.cancel_job(&id, &owner, now_ms()).await {
         Ok(Some(recipients)) => {
-            q.inner.dispatcher.remove_backlog(recipients, queued_bytes);
             tracing::info!(job = %id, recipients, "job cancelled");
             current(&q, &id, &owner).await
         }
