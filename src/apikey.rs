@@ -109,6 +109,20 @@ impl KeyId {
     pub fn full(&self) -> String {
         hex(&self.0)
     }
+
+    /// The key id whose [`full`](Self::full) form is `text`, if it is one.
+    pub fn from_full(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks(2).enumerate() {
+            let pair = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(pair, 16).ok()?;
+        }
+        Some(Self(out))
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -218,6 +232,14 @@ mod tests {
         let r = resolve(&mut h, None);
         assert_eq!(r.id, None);
         assert!(h.get(HEADER).is_none());
+    }
+
+    #[test]
+    fn the_full_form_reads_back() {
+        let id = KeyId::of(b"secret");
+        assert_eq!(KeyId::from_full(&id.full()), Some(id));
+        assert_eq!(KeyId::from_full("abc"), None);
+        assert_eq!(KeyId::from_full(&"zz".repeat(32)), None);
     }
 
     #[test]

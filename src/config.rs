@@ -54,6 +54,13 @@ pub struct QueueConfig {
     pub requests_per_sec: u32,
     /// Per API key: most recipients per second (0: no limit).
     pub recipients_per_sec: u32,
+    /// After an attempt whose answer was lost (a timeout, a broken connection), how long to
+    /// wait before looking the send up in the API's messages (the API may still be
+    /// processing it).
+    pub reconcile_delay_ms: u64,
+    /// How far the API's clock may be behind sluice's: a message the lookup finds counts
+    /// as this send's if the API created it at most this long before the attempt began.
+    pub reconcile_clock_skew_ms: u64,
 }
 
 /// `[server]`: the listeners and what the proxy accepts from clients.
@@ -92,6 +99,11 @@ pub struct UpstreamConfig {
     /// Request bodies up to this size are held in memory so that a request can be
     /// retried; larger bodies are streamed and get no retry after the first byte left.
     pub retry_buffer_bytes: u64,
+    /// While the API cannot be reached (connection refused, DNS, TLS), one probe at a time
+    /// tests it: the first after about this long, each next one twice as long, with jitter.
+    pub outage_probe_base_ms: u64,
+    /// The longest wait between two probes during an outage.
+    pub outage_probe_max_ms: u64,
 }
 
 /// `[retry]`: how the proxy waits and retries (see `retry::policy`).
@@ -198,6 +210,15 @@ impl Config {
         if self.upstream.request_timeout_ms == 0 {
             return invalid("upstream.request_timeout_ms", "must be greater than 0");
         }
+        if self.upstream.outage_probe_base_ms == 0 {
+            return invalid("upstream.outage_probe_base_ms", "must be greater than 0");
+        }
+        if self.upstream.outage_probe_max_ms < self.upstream.outage_probe_base_ms {
+            return invalid(
+                "upstream.outage_probe_max_ms",
+                "must be at least upstream.outage_probe_base_ms",
+            );
+        }
         if self.upstream.connect_timeout_ms == 0 {
             return invalid("upstream.connect_timeout_ms", "must be greater than 0");
         }
@@ -269,6 +290,8 @@ impl Default for QueueConfig {
             concurrency: 16,
             requests_per_sec: 0,
             recipients_per_sec: 0,
+            reconcile_delay_ms: 2_000,
+            reconcile_clock_skew_ms: 1_000,
         }
     }
 }
@@ -296,6 +319,8 @@ impl Default for UpstreamConfig {
             pool_max_idle: 64,
             pool_idle_timeout_ms: 90_000,
             retry_buffer_bytes: 1024 * 1024,
+            outage_probe_base_ms: 250,
+            outage_probe_max_ms: 5_000,
         }
     }
 }

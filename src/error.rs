@@ -12,8 +12,18 @@ use crate::api::Envelope;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("the messaging API at {upstream} could not be reached ({detail}); sluice retried until its deadline. Check the upstream URL and the network, then retry.")]
-    UpstreamUnreachable { upstream: String, detail: String },
+    #[error("the messaging API at {upstream} could not be reached ({detail}) in {attempts} attempt(s). Nothing was sent; check the upstream URL and the network, then retry.")]
+    UpstreamUnreachable {
+        upstream: String,
+        detail: String,
+        attempts: u32,
+    },
+    #[error("the messaging API at {upstream} has been unreachable since {since}; sluice tests it {probe} and meanwhile answers at once. Nothing was sent; retry later (sends to sluice's queue are kept and go when it is back).")]
+    UpstreamDown {
+        upstream: String,
+        since: String,
+        probe: String,
+    },
     #[error("the messaging API did not answer within {timeout_ms} ms. The request may or may not have been processed; check before sending it again.")]
     UpstreamTimeout { timeout_ms: u64 },
     #[error("the messaging API's response could not be read ({detail}). The request may or may not have been processed.")]
@@ -33,7 +43,9 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::UpstreamUnreachable { .. } | Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnreachable { .. }
+            | Self::UpstreamDown { .. }
+            | Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ClientBody { .. } | Self::AbsoluteForm => StatusCode::BAD_REQUEST,
@@ -71,7 +83,10 @@ mod tests {
         let unreachable = ProxyError::UpstreamUnreachable {
             upstream: "http://x".into(),
             detail: "refused".into(),
+            attempts: 2,
         };
         assert_eq!(unreachable.status(), StatusCode::BAD_GATEWAY);
+        assert!(unreachable.to_string().contains("in 2 attempt(s)"));
+        assert!(!unreachable.to_string().contains("deadline"));
     }
 }

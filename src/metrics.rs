@@ -47,6 +47,11 @@ pub struct Metrics {
     pub validation_rejections: IntCounterVec,
     pub validation_skipped: IntCounterVec,
     pub validation_warnings: IntCounterVec,
+    pub upstream_up: IntGauge,
+    pub upstream_outages: IntCounter,
+    pub upstream_waiting: IntGauge,
+    pub reconciliations: IntCounterVec,
+    pub recipients_uncertain: IntCounterVec,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -204,13 +209,13 @@ impl Metrics {
             queue_jobs: gauge_vec(
                 &registry,
                 "sluice_queue_jobs",
-                "Jobs in the store, by state: queued, in_progress, succeeded, partially_failed, failed, cancelled.",
+                "Jobs in the store, by state: queued, in_progress, succeeded, partially_failed, failed, cancelled, uncertain.",
                 &["state"],
             ),
             queue_parts: gauge_vec(
                 &registry,
                 "sluice_queue_parts",
-                "Parts in the store, by state: queued, in_flight, succeeded, failed, cancelled.",
+                "Parts in the store, by state: queued, in_flight, succeeded, failed, cancelled, uncertain.",
                 &["state"],
             ),
             queue_recipients: int_gauge(
@@ -254,6 +259,33 @@ impl Metrics {
                 "sluice_validation_warnings_total",
                 "Requests that break the API's documented rules but were sent anyway because their route has validation = warn; by route and field at fault (the same fields as sluice_validation_rejections_total).",
                 &["route", "field"],
+            ),
+            upstream_up: int_gauge(
+                &registry,
+                "sluice_upstream_up",
+                "1 while the messaging API can be reached, 0 during an outage (connections refused, DNS or TLS failing): sends then wait and one probe at a time tests the API.",
+            ),
+            upstream_outages: counter(
+                &registry,
+                "sluice_upstream_outages_total",
+                "Outages of the messaging API: times an attempt could not reach it after the last one did.",
+            ),
+            upstream_waiting: int_gauge(
+                &registry,
+                "sluice_upstream_waiting_requests",
+                "Queued parts currently waiting for the messaging API to be reachable again (an outage) before their next attempt.",
+            ),
+            reconciliations: counter_vec(
+                &registry,
+                "sluice_reconciliations_total",
+                "Lookups of sends whose answer was lost (a timeout, a broken connection), by route and result: accepted (the API had it; settled without sending again), not_accepted (sent again), unanswered (the lookup could not tell).",
+                &["route", "result"],
+            ),
+            recipients_uncertain: counter_vec(
+                &registry,
+                "sluice_queue_recipients_uncertain_total",
+                "Recipients in parts whose fate stayed unknown (answers lost and the lookup could not tell), recorded as uncertain instead of being sent a third time; by route.",
+                &["route"],
             ),
             registry,
         };

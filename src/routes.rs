@@ -40,6 +40,13 @@ pub struct Route {
     /// send the others and list the bad ones in the job (`skip`).
     #[serde(default)]
     pub invalid_recipients: InvalidRecipients,
+    /// Bulk and single: how to look a send up in the API when its answer was lost (a
+    /// timeout, a broken connection), before sending it again: a GET path and query where
+    /// `{phoneNumber}` is a recipient's number and `{name}` a segment of `path`. The API
+    /// lists the messages it accepted, with `messageId` and `createdAt`. Empty: no lookup
+    /// (such a part is sent once more, then called uncertain).
+    #[serde(default = "default_lookup")]
+    pub lookup: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -75,6 +82,9 @@ fn default_pointer() -> String {
 fn default_max_recipients() -> u64 {
     200_000
 }
+fn default_lookup() -> String {
+    "/api/v1/messages?phoneNumber={phoneNumber}&campaignId={campaignId}".into()
+}
 
 /// The two send endpoints and template creation, as `upstream-api.md` describes them.
 pub fn defaults() -> Vec<Route> {
@@ -87,6 +97,7 @@ pub fn defaults() -> Vec<Route> {
         max_recipients_per_request: default_max_recipients(),
         validation: Mode::default(),
         invalid_recipients: InvalidRecipients::default(),
+        lookup: default_lookup(),
     };
     vec![
         route(
@@ -142,6 +153,9 @@ impl Route {
                 self.name
             ));
         }
+        if !self.lookup.is_empty() && self.kind != RouteKind::Template {
+            self.check_lookup()?;
+        }
         if self.kind == RouteKind::Bulk {
             if !self.recipients_pointer.starts_with('/') {
                 return Err(format!(
@@ -157,6 +171,54 @@ impl Route {
             }
         }
         Ok(())
+    }
+}
+
+impl Route {
+    /// The lookup starts with `/`, names `{phoneNumber}`, and every other `{name}` in it is
+    /// a segment of the route's path.
+    fn check_lookup(&self) -> Result<(), String> {
+        let bad = |why: &str| Err(format!("route {}: lookup {why}", self.name));
+        if !self.lookup.starts_with('/') {
+            return bad("must start with '/'");
+        }
+        if !self.lookup.contains("{phoneNumber}") {
+            return bad("must contain {phoneNumber}");
+        }
+        let params: Vec<&str> = self
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .collect();
+        let mut rest = self.lookup.as_str();
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else {
+                return bad("has a '{' without a '}'");
+            };
+            let name = &rest[open + 1..open + close];
+            if name != "phoneNumber" && !params.contains(&name) {
+                return bad(&format!(
+                    "names {{{name}}}, which is not in the route's path"
+                ));
+            }
+            rest = &rest[open + close + 1..];
+        }
+        Ok(())
+    }
+
+    /// The values of the path's `{name}` segments in `path` (a request path that this route
+    /// matched), by name.
+    pub fn params<'a>(&'a self, path: &'a str) -> Vec<(&'a str, &'a str)> {
+        let path = path.split('?').next().unwrap_or(path);
+        self.path
+            .trim_start_matches('/')
+            .split('/')
+            .zip(path.trim_start_matches('/').split('/'))
+            .filter_map(|(pattern, value)| {
+                let name = pattern.strip_prefix('{')?.strip_suffix('}')?;
+                Some((name, value))
+            })
+            .collect()
     }
 }
 
@@ -270,5 +332,26 @@ mod tests {
         let mut single = defaults().remove(1);
         single.invalid_recipients = InvalidRecipients::Skip;
         assert!(single.validate().unwrap_err().contains("bulk routes only"));
+    }
+
+    #[test]
+    fn lookups_name_the_phone_and_only_the_paths_segments() {
+        let mut r = defaults().remove(0);
+        for (lookup, ok) in [
+            ("", true),
+            ("/m?p={phoneNumber}&c={campaignId}&ch={channel}", true),
+            ("/m?p={phoneNumber}", true),
+            ("m?p={phoneNumber}", false),
+            ("/m?c={campaignId}", false),
+            ("/m?p={phoneNumber}&x={other}", false),
+            ("/m?p={phoneNumber}&x={open", false),
+        ] {
+            r.lookup = lookup.into();
+            assert_eq!(r.validate().is_ok(), ok, "{lookup}: {:?}", r.validate());
+        }
+        assert_eq!(
+            r.params("/api/v1/campaigns/7/bulk/sms?x=1"),
+            [("campaignId", "7"), ("channel", "sms")]
+        );
     }
 }

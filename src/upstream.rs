@@ -7,6 +7,7 @@
 //! the connection never opened (safe to retry), the API did not answer in time, or the
 //! exchange broke.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -19,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
-use crate::retry::Outcome;
+use crate::retry::{Breaker, Change, Outcome, Pass};
 
 /// The pooled client and the base URL every request goes to.
 #[derive(Clone)]
@@ -31,6 +32,8 @@ pub struct Upstream {
     prefix: String,
     request_timeout: Duration,
     display: String,
+    /// Whether the API can be reached at all; shared by the proxy and the queue.
+    breaker: Arc<Breaker>,
 }
 
 /// Why one attempt produced no response.
@@ -92,7 +95,16 @@ impl Upstream {
             prefix,
             request_timeout: Duration::from_millis(cfg.request_timeout_ms),
             display: cfg.url.clone(),
+            breaker: Arc::new(Breaker::new(
+                Duration::from_millis(cfg.outage_probe_base_ms),
+                Duration::from_millis(cfg.outage_probe_max_ms),
+            )),
         })
+    }
+
+    /// Whether the API can be reached; see [`Breaker`].
+    pub fn breaker(&self) -> &Arc<Breaker> {
+        &self.breaker
     }
 
     /// The base URL, for messages (it holds no secret).
@@ -139,6 +151,31 @@ impl AttemptError {
             Self::Timeout(_) => Outcome::Timeout,
             Self::Exchange(_) | Self::BodyTooLarge => Outcome::Body,
         }
+    }
+}
+
+/// Tells the breaker whether an attempt with `outcome` reached the API (a response, or a
+/// connection that was made), and logs an outage's start and end. Returns what changed.
+pub fn report(pass: Pass, outcome: Outcome) -> Change {
+    if matches!(outcome, Outcome::Connect) {
+        let (change, wait) = pass.unreachable();
+        if change == Change::Opened {
+            tracing::warn!(
+                probe_in_ms = wait.as_millis() as u64,
+                "the messaging API cannot be reached; sends wait and one probe at a time tests it"
+            );
+        }
+        change
+    } else {
+        let change = pass.reached();
+        if let Change::Closed { since } = change {
+            let secs = since.elapsed().map_or(0.0, |d| d.as_secs_f64());
+            tracing::warn!(
+                outage_secs = secs,
+                "the messaging API is reachable again; sending resumes"
+            );
+        }
+        change
     }
 }
 

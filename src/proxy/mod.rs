@@ -7,7 +7,9 @@
 //! back to the client as received. A request can only be retried if its body can be sent
 //! again, so bodies up to `retry_buffer_bytes` are held in memory and larger ones are
 //! streamed through once. When the retry deadline would pass, the client gets the API's
-//! last 429 unchanged, so its own retry logic still works.
+//! last 429 unchanged, so its own retry logic still works. While the API cannot be reached
+//! at all (the upstream breaker is open), requests are answered at once with a 502 in the
+//! API's envelope instead of waiting behind the breaker's probes.
 
 mod headers;
 
@@ -29,13 +31,16 @@ use crate::apikey::{self, ApiKey, KeyId};
 use crate::error::ProxyError;
 use crate::keystate::{KeyState, Stored};
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::retry::{self, Class, Outcome, Permit, RetryPolicy, Verdict};
-use crate::upstream::{AttemptError, Upstream};
+use crate::retry::{self, Change, Class, Outage, Outcome, Pass, Permit, RetryPolicy, Verdict};
+use crate::upstream::{self, AttemptError, Upstream};
 
 /// The metric/log route name of everything that matches no send rule.
 const ROUTE: &str = "passthrough";
 /// Largest 429 body read to find its hint; the API's is a few hundred bytes.
 const MAX_429_BODY: usize = 64 * 1024;
+/// During an outage, the longest a request waits for the breaker's next probe before it is
+/// answered with a 502: short blips are waited out, real outages answered at once.
+const OUTAGE_WAIT: Duration = Duration::from_secs(1);
 
 /// Shared state of the pass-through handler; cheap to clone.
 #[derive(Clone)]
@@ -144,6 +149,15 @@ impl Inner {
                 },
                 None => None,
             };
+            // During an outage the client is answered at once rather than kept waiting
+            // behind the breaker's probes; a blip shorter than `OUTAGE_WAIT` is waited out.
+            let pass = match self.upstream_pass(started).await {
+                Ok(pass) => pass,
+                Err(outage) => {
+                    drop(permit);
+                    return Err(self.outage_error(outage));
+                }
+            };
             let body = match &mut payload {
                 Payload::Replayable(bytes) => Body::from(bytes.clone()),
                 Payload::Stream(slot) => slot.take().unwrap_or_else(Body::empty),
@@ -191,6 +205,9 @@ impl Inner {
                 class => class,
             };
             self.count_attempt(outcome);
+            if upstream::report(pass, outcome) == Change::Opened {
+                self.metrics.upstream_outages.inc();
+            }
 
             let resp = match (class, resp) {
                 (Class::RateLimited, Some(resp)) => {
@@ -228,7 +245,15 @@ impl Inner {
             };
 
             if let Class::Transient(reason) = class {
-                let wait = self.policy.wait(None, failures, &mut rand::rng());
+                // An unreachable API is waited for by the breaker (above), not by a backoff.
+                let wait = match reason {
+                    retry::Reason::Connect => retry::Wait {
+                        duration: Duration::ZERO,
+                        source: retry::WaitSource::Backoff,
+                        capped: false,
+                    },
+                    _ => self.policy.wait(None, failures, &mut rand::rng()),
+                };
                 failures += 1;
                 if let Some(wait) = self.inner_decide(class, wait, failures, started) {
                     self.metrics
@@ -248,7 +273,7 @@ impl Inner {
             }
             return match resp {
                 Some(resp) => Ok(passthrough(resp)),
-                None => Err(self.attempt_error(failed)),
+                None => Err(self.attempt_error(failed, attempts)),
             };
         }
     }
@@ -372,7 +397,38 @@ impl Inner {
         resp
     }
 
-    fn attempt_error(&self, failed: Option<AttemptError>) -> ProxyError {
+    /// Waits for the upstream breaker to let an attempt go: at once while the API is
+    /// reachable; during an outage only if the next probe is due within `OUTAGE_WAIT` (and
+    /// the deadline), else `Err` so that the client is answered now.
+    async fn upstream_pass(&self, started: Instant) -> Result<Pass, Outage> {
+        let breaker = self.upstream.breaker();
+        let deadline = started + self.policy.deadline;
+        loop {
+            match breaker.try_pass() {
+                Ok(pass) => return Ok(pass),
+                Err(outage) => match outage.next_probe_in {
+                    Some(wait) if wait <= OUTAGE_WAIT && Instant::now() + wait < deadline => {
+                        tokio::time::sleep(wait).await;
+                    }
+                    _ => return Err(outage),
+                },
+            }
+        }
+    }
+
+    fn outage_error(&self, outage: Outage) -> ProxyError {
+        let probe = match outage.next_probe_in {
+            Some(wait) => format!("again in {} ms", wait.as_millis()),
+            None => "right now".to_string(),
+        };
+        ProxyError::UpstreamDown {
+            upstream: self.upstream.display().to_string(),
+            since: humantime::format_rfc3339_seconds(outage.since).to_string(),
+            probe,
+        }
+    }
+
+    fn attempt_error(&self, failed: Option<AttemptError>, attempts: u32) -> ProxyError {
         match failed {
             Some(AttemptError::Timeout(t)) => ProxyError::UpstreamTimeout {
                 timeout_ms: t.as_millis() as u64,
@@ -380,6 +436,7 @@ impl Inner {
             Some(AttemptError::Connect(detail)) => ProxyError::UpstreamUnreachable {
                 upstream: self.upstream.display().to_string(),
                 detail,
+                attempts,
             },
             Some(e) => ProxyError::UpstreamBody {
                 detail: e.to_string(),

@@ -27,6 +27,7 @@ use super::dispatch::now_ms;
 use super::prefer::{self, Preference};
 use super::store::{
     Dispatchable, JobRecord, JobState, NewJob, NewPart, PartCounts, PartRecord, PartState,
+    StoredResponse,
 };
 use super::view::JobView;
 use super::{plan, Queue};
@@ -272,16 +273,18 @@ impl Queue {
             return Ok(accepted(&record, &pref));
         }
         let deadline = Instant::now() + pref.wait.unwrap_or(q.sync_wait);
-        let finished = self.wait_for(&id, &key_id.full(), &notify, deadline).await;
+        let latest = self.wait_for(&id, &key_id.full(), &notify, deadline).await;
         q.dispatcher.unwatch(&id);
-        Ok(match finished {
-            Some(job) => finished_answer(&job),
+        Ok(match latest {
+            Some(job) if is_final(job.state) => finished_answer(&job),
+            // Not finished in time: the job as it is now (parts may have been accepted).
+            Some(job) => accepted(&job, &pref),
             None => accepted(&record, &pref),
         })
     }
 
     /// Waits until the job is final (woken by the dispatcher at each part's end) or the
-    /// deadline passes; the finished job, if it finished.
+    /// deadline passes; the job as last read (`None` if it could not be read).
     async fn wait_for(
         &self,
         id: &str,
@@ -293,12 +296,18 @@ impl Queue {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.inner.store.job(id, owner).await {
+            let job = match self.inner.store.job(id, owner).await {
                 Ok(Some(job)) if is_final(job.state) => return Some(job),
-                Ok(Some(_)) => {}
+                Ok(Some(job)) => job,
                 Ok(None) | Err(_) => return None,
+            };
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                // One last read, so the answer shows what happened during the wait.
+                return match self.inner.store.job(id, owner).await {
+                    Ok(Some(latest)) => Some(latest),
+                    _ => Some(job),
+                };
             }
-            tokio::time::timeout_at(deadline, notified).await.ok()?;
         }
     }
 }
@@ -333,6 +342,9 @@ impl JobMeta {
             attempts: 0,
             next_attempt_at: None,
             created_at: self.created_at,
+            reconcile_from: None,
+            blind_resends: 0,
+            last_error: None,
         }
     }
 
@@ -427,22 +439,17 @@ fn accepted(job: &JobRecord, pref: &Preference) -> Response<Body> {
 
 /// The answer for a job that finished within the wait.
 fn finished_answer(job: &JobRecord) -> Response<Body> {
+    // The fate of some recipients is unknown: the API may have accepted them. The client
+    // hears "accepted" (sluice has the job) rather than an error it would resend after.
+    if job.state == JobState::Uncertain {
+        return accepted(job, &Preference::default());
+    }
+    if let Some(answer) = same_refusal(&job.parts) {
+        return the_apis_answer(answer, &job.id);
+    }
     if let [part] = job.parts.as_slice() {
         if let Some(r) = &part.response {
-            let mut resp = Response::new(Body::from(r.body.clone()));
-            *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-            for (name, value) in &r.headers {
-                if let (Ok(n), Ok(v)) = (
-                    http::HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_bytes(value),
-                ) {
-                    resp.headers_mut().append(n, v);
-                }
-            }
-            strip_hop_by_hop(resp.headers_mut());
-            resp.headers_mut().remove(header::CONTENT_LENGTH);
-            insert_job_header(resp.headers_mut(), &job.id);
-            return resp;
+            return the_apis_answer(r, &job.id);
         }
         let message = format!(
             "sluice could not deliver this send: {}. GET /sluice/v1/jobs/{} shows the details; POST …/retry replays it.",
@@ -472,6 +479,30 @@ fn finished_answer(job: &JobRecord) -> Response<Body> {
     };
     let mut resp = api::json_response(status, &JobView::new(job).with_api_fields());
     insert_job_header(resp.headers_mut(), &job.id);
+    resp
+}
+
+/// When every part was refused by the API with the same status and body (say a campaign
+/// that is not started), that answer: the client sees what the API said.
+fn same_refusal(parts: &[PartRecord]) -> Option<&StoredResponse> {
+    let first = parts.first()?.response.as_ref()?;
+    let same = parts.iter().all(|p| {
+        p.state == PartState::Failed
+            && p.response
+                .as_ref()
+                .is_some_and(|r| r.status == first.status && r.body == first.body)
+    });
+    (same && (400..500).contains(&first.status)).then_some(first)
+}
+
+/// The API's own stored answer, as the client gets it, with the job's id.
+fn the_apis_answer(r: &StoredResponse, job: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(r.body.clone()));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    *resp.headers_mut() = r.header_map();
+    strip_hop_by_hop(resp.headers_mut());
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    insert_job_header(resp.headers_mut(), job);
     resp
 }
 

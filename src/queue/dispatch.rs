@@ -1,17 +1,23 @@
 //! The dispatcher: sends queued parts to the API, paced to its capacity, until each is
-//! delivered or dead-lettered.
+//! delivered or has a recorded final reason.
 //!
 //! The `scheduler` hands over each part when it may go (at most `queue.concurrency` of one
-//! key's parts at once). Each becomes a worker task, which passes three gates in order: the key's
-//! cooldown (shared with the pass-through proxy, so one 429 pauses the whole key), the
-//! optional per-key rate limits, and a global concurrency limit. Before sending, a part
-//! larger than the API could ever accept (the route's maximum, or the `maxAllowed` the
-//! key's last 429 reported) is cut. What happens after the answer is `settle`'s: the
-//! failure policy. A 5xx after the API accepted means those recipients may get the
-//! message twice: delivery is at-least-once.
+//! key's parts at once). Each becomes a worker task whose turn (`attempt`) goes:
+//! 1. a part whose last answer was lost is looked up first (`reconcile`): it may already
+//!    have been accepted;
+//! 2. a part out of attempts or past `max_age` stops (`policy::exhausted`);
+//! 3. a part larger than the API could ever accept (the route's maximum, or the
+//!    `maxAllowed` the key's last 429 reported) is cut;
+//! 4. the gates, in order: bulk parts of a key one at a time; the key's cooldown (shared
+//!    with the pass-through proxy, so one 429 pauses the whole key) unless the send fits in
+//!    the room the last 429 reported; the optional per-key rate limits; a global
+//!    concurrency limit; and the upstream breaker (while the API cannot be reached, one
+//!    probe at a time);
+//! 5. the send; what happens after the answer is `settle`'s (the failure policy).
 //!
 //! Every state change is committed to the store before the next step, so a crash at any
-//! point loses nothing: on restart every unfinished part is scheduled again.
+//! point loses nothing: on restart every unfinished part is scheduled again, and a part
+//! that was in flight is looked up before it is sent again.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -30,6 +36,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::plan;
+use super::policy::{self, Answer, Exhausted};
+use super::reconcile::Turn;
 use super::scheduler::{schedule, Entry};
 use super::settle::Attempt;
 use super::store::{Dispatchable, Store, StoreError};
@@ -37,7 +45,7 @@ use crate::admin::Health;
 use crate::apikey::{ApiKey, KeyId};
 use crate::keystate::{KeyState, Stored};
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::retry::{self, Class, Outcome};
+use crate::retry::{Change, Outcome, Pass};
 use crate::routes::{Route, RouteKind};
 use crate::upstream::Upstream;
 
@@ -59,6 +67,10 @@ pub struct DispatchSettings {
     pub max_age: Duration,
     pub requests_per_sec: u32,
     pub recipients_per_sec: u32,
+    /// How long after a lost answer the send is looked up.
+    pub reconcile_delay: Duration,
+    /// How far the API's clock may run behind sluice's (for lookups).
+    pub clock_skew: Duration,
     /// Told whether each attempt reached the API (for `/readyz`).
     pub health: Arc<Health>,
 }
@@ -72,7 +84,7 @@ pub struct Backlog {
 
 pub(super) struct Inner {
     pub(super) store: Arc<Store>,
-    upstream: Upstream,
+    pub(super) upstream: Upstream,
     pub(super) keys: Arc<KeyState>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) settings: DispatchSettings,
@@ -150,6 +162,11 @@ impl Dispatcher {
         )
     }
 
+    /// Whether the API is unreachable (an outage: the upstream breaker is open).
+    pub fn upstream_down(&self) -> bool {
+        self.inner.upstream.breaker().is_open()
+    }
+
     /// A notifier that fires whenever a part of `job` reaches a final state.
     pub fn watch(&self, job: &str) -> Arc<Notify> {
         self.inner
@@ -223,37 +240,51 @@ impl Inner {
         }
     }
 
-    async fn attempt(&self, part: Dispatchable, bypass: bool) -> Result<(), StoreError> {
+    async fn attempt(&self, mut part: Dispatchable, bypass: bool) -> Result<(), StoreError> {
         let route = self.route(&part.route);
         let Some((key_value, key_id)) = self.key_for(&part) else {
             let error = "no API key: the client sent none and sluice holds none".to_string();
             return self.dead_letter(&part, None, error).await;
         };
+        // A part whose last answer was lost is looked up before anything else: it may
+        // already have been accepted.
+        if part.reconcile_from.is_some()
+            && self.reconcile_turn(&mut part, &route, &key_value).await? == Turn::Settled
+        {
+            return Ok(());
+        }
+        if let Some(why) = self.exhausted(&part) {
+            return self.give_up(&part, why, None).await;
+        }
         let n = part.items.end - part.items.start;
+        // A part resent while its first send's fate is unknown keeps its shape: the lookup
+        // after it must be about the same recipients.
+        let resending = part.reconcile_from.is_some();
         let too_big = || {
             let limit = plan::part_limit(
                 route.max_recipients_per_request,
                 self.keys.max_allowed(&key_id),
             );
-            (route.kind == RouteKind::Bulk)
+            (route.kind == RouteKind::Bulk && !resending)
                 .then(|| plan::cut_before_send(n, limit))
                 .flatten()
         };
         if let Some(max) = too_big() {
             return self.split_to(&part, &route, max).await;
         }
-        // Bulk parts, and every part of a key whose capacity is tight, go one at a time
-        // per key: each learns from the answer to the one before (a 429 cools the key
-        // down before the next part is let through), so a wave of parts cannot run into
-        // the same full capacity together.
-        let _serial =
-            if !bypass && (route.kind == RouteKind::Bulk || self.keys.recently_limited(&key_id)) {
-                let lock = self.serial.entry(key_id).or_default().clone();
-                Some(lock.lock_owned().await)
-            } else {
-                None
-            };
-        let permit = if bypass {
+        // Bulk parts go one at a time per key: each learns from the answer to the one
+        // before (a 429 cools the key down, and tells its room and maxAllowed, before the
+        // next part is let through), so a wave of large parts cannot run into the same full
+        // capacity together. Single sends go in parallel, gated by the key's cooldown alone.
+        let _serial = if !bypass && route.kind == RouteKind::Bulk {
+            let lock = self.serial.entry(key_id).or_default().clone();
+            Some(lock.lock_owned().await)
+        } else {
+            None
+        };
+        // During a cooldown, a send that fits in the room the API's last 429 reported goes
+        // at once (the API said it would take it); the rest wait for the cooldown's probe.
+        let permit = if bypass || self.keys.take_room(&key_id, n) {
             None
         } else {
             let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);
@@ -268,9 +299,15 @@ impl Inner {
         let Ok(_slot) = self.slots.acquire().await else {
             return Ok(());
         };
+        // While the API cannot be reached, one probe at a time tests it; the rest wait here.
+        let pass = {
+            let _waiting = GaugeGuard::new(&self.metrics.upstream_waiting);
+            self.upstream.breaker().pass().await
+        };
 
+        let sent_at = now_ms();
         self.store
-            .mark_in_flight(&part.job_id, part.seq, now_ms())
+            .mark_in_flight(&part.job_id, part.seq, sent_at)
             .await?;
         let body = self
             .store
@@ -300,26 +337,22 @@ impl Inner {
                     Err(e) => (
                         Outcome::Body,
                         None,
-                        Some(format!("reading the API's answer failed: {e}")),
+                        Some(format!(
+                            "the API answered {} but its body could not be read: {e}",
+                            parts.status
+                        )),
                     ),
                 }
             }
             Err(e) => (e.outcome(), None, Some(e.to_string())),
         };
+        self.report_reach(pass, outcome);
         self.metrics.count_attempt(&part.route, outcome);
-        self.settings
-            .health
-            .upstream_reached(!matches!(outcome, Outcome::Connect));
         let attempts = part.attempts + 1;
-        let request_id = part
-            .headers
-            .iter()
-            .find(|(name, _)| name == crate::request_id::HEADER)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
         tracing::info!(
-            request_id, job = %part.job_id, part = part.seq, route = %part.route, recipients = n, attempt = attempts,
-            status = stored.as_ref().map(|s| s.status.as_u16()), error = error.as_deref(),
-            "upstream send attempt"
+            request_id = part.request_id().as_deref(), job = %part.job_id, part = part.seq, route = %part.route,
+            recipients = n, attempt = attempts, status = stored.as_ref().map(|s| s.status.as_u16()),
+            error = error.as_deref(), "upstream send attempt"
         );
 
         let attempt = Attempt {
@@ -329,13 +362,38 @@ impl Inner {
             permit,
             stored,
             error,
+            sent_at,
         };
-        match retry::classify(outcome, true) {
-            Class::RateLimited => self.on_rate_limited(attempt).await,
-            Class::Success => self.on_success(attempt).await,
-            Class::Transient(reason) => self.on_transient(attempt, reason).await,
-            Class::Final => self.on_final(attempt).await,
+        match policy::classify(outcome) {
+            Answer::Accepted => self.on_success(attempt).await,
+            Answer::RateLimited => self.on_rate_limited(attempt).await,
+            Answer::Unreachable => self.on_unreachable(attempt).await,
+            Answer::Lost => self.on_lost(attempt).await,
+            Answer::Transient => self.on_transient(attempt).await,
+            Answer::Refused => self.on_final(attempt).await,
         }
+    }
+
+    /// Tells the upstream breaker whether an attempt reached the API (see
+    /// [`crate::upstream::report`]); counts outages.
+    pub(super) fn report_reach(&self, pass: Pass, outcome: Outcome) {
+        self.settings
+            .health
+            .upstream_reached(!matches!(outcome, Outcome::Connect));
+        if crate::upstream::report(pass, outcome) == Change::Opened {
+            self.metrics.upstream_outages.inc();
+        }
+    }
+
+    /// `Some` when the part may not be tried again (see [`policy::exhausted`]).
+    fn exhausted(&self, part: &Dispatchable) -> Option<Exhausted> {
+        let age = Duration::from_millis((now_ms() - part.created_at).max(0) as u64);
+        policy::exhausted(
+            part.attempts,
+            self.settings.max_attempts,
+            age,
+            self.settings.max_age,
+        )
     }
 
     /// Waits for the optional per-key request and recipient limits.
@@ -368,6 +426,7 @@ impl Inner {
             max_recipients_per_request: u64::MAX,
             validation: crate::validate::Mode::Off,
             invalid_recipients: crate::validate::InvalidRecipients::Reject,
+            lookup: String::new(),
         })
     }
 

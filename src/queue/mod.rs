@@ -6,14 +6,19 @@
 //! - [`accept`]: turns a send into a job (split into parts) and answers the client.
 //! - [`dispatch`]: sends parts, paced to the API's capacity; `scheduler`: when each part
 //!   may go; `settle`: what the dispatcher does with each answer (the failure policy).
+//! - [`policy`]: what each answer means for a part (pure); `reconcile`: looking a send up
+//!   when its answer was lost, before sending it again ([`lookup`]: the pure pieces).
 //! - [`plan`]: the pure cutting rules; [`prefer`]: RFC 7240 `Prefer`; [`view`]: job JSON.
 //! - [`jobs_api`]: `/sluice/v1/jobs…` for clients to follow, retry and cancel their jobs.
 
 pub mod accept;
 pub mod dispatch;
 pub mod jobs_api;
+pub mod lookup;
 pub mod plan;
+pub mod policy;
 pub mod prefer;
+mod reconcile;
 mod scheduler;
 mod settle;
 pub mod store;
@@ -25,14 +30,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
-use crate::apikey::ApiKey;
+use crate::apikey::{ApiKey, KeyId};
 use crate::config::Config;
-use crate::keystate::KeyState;
+use crate::keystate::{KeyState, Learned, Stored};
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
 use dispatch::{DispatchSettings, Dispatcher};
-use store::{Store, StoreError};
+use store::{KeyRecord, Store, StoreError, StoredResponse};
 
 /// Everything the queue's handlers share; cheap to clone.
 #[derive(Clone)]
@@ -86,10 +91,23 @@ impl Queue {
                 max_age: Duration::from_secs(q.max_age_secs),
                 requests_per_sec: q.requests_per_sec,
                 recipients_per_sec: q.recipients_per_sec,
+                reconcile_delay: Duration::from_millis(q.reconcile_delay_ms),
+                clock_skew: Duration::from_millis(q.reconcile_clock_skew_ms),
                 health,
             },
-            shutdown,
+            shutdown.clone(),
         );
+        // What was learned about keys before a restart (cooldowns, maxAllowed), before any
+        // part is sent; and from now on, what is learned is saved.
+        let now = dispatch::now_ms();
+        for record in store.keys().await? {
+            if let Some(id) = KeyId::from_full(&record.key) {
+                keys.restore(id, learned(record), now);
+            }
+        }
+        if let Some(changed) = keys.saved() {
+            tokio::spawn(save_keys(store.clone(), keys.clone(), changed, shutdown));
+        }
         let unfinished = store.unfinished().await?;
         if !unfinished.is_empty() {
             tracing::info!(
@@ -132,6 +150,8 @@ impl Queue {
     pub async fn export_metrics(&self) {
         let m = &self.inner.metrics;
         m.store_writable.set(i64::from(self.is_writable()));
+        m.upstream_up
+            .set(i64::from(!self.inner.dispatcher.upstream_down()));
         match self.inner.store.stats(dispatch::now_ms()).await {
             Ok(stats) => {
                 for (state, n) in &stats.jobs {
@@ -151,5 +171,55 @@ impl Queue {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read queue statistics"),
         }
+    }
+}
+
+/// Saves the learned state of each key named on `changed` (a 429 was seen for it).
+async fn save_keys(
+    store: Arc<Store>,
+    keys: Arc<KeyState>,
+    mut changed: tokio::sync::mpsc::UnboundedReceiver<KeyId>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let id = tokio::select! {
+            id = changed.recv() => match id {
+                Some(id) => id,
+                None => return,
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let now = dispatch::now_ms();
+        let learned = keys.record(&id, now);
+        if let Err(e) = store.save_key(key_record(id, learned, now)).await {
+            tracing::warn!(key = %id, error = %e, "cannot save what was learned about a key");
+        }
+    }
+}
+
+fn key_record(id: KeyId, l: Learned, now: i64) -> KeyRecord {
+    KeyRecord {
+        key: id.full(),
+        cooling_until: l.cooling_until,
+        max_allowed: l.max_allowed,
+        available: l.available,
+        last_429: l
+            .last_429
+            .map(|s| StoredResponse::of(s.status, &s.headers, &s.body)),
+        updated_at: now,
+    }
+}
+
+fn learned(r: KeyRecord) -> Learned {
+    Learned {
+        cooling_until: r.cooling_until,
+        max_allowed: r.max_allowed,
+        available: r.available,
+        last_429: r.last_429.map(|s| Stored {
+            status: http::StatusCode::from_u16(s.status)
+                .unwrap_or(http::StatusCode::TOO_MANY_REQUESTS),
+            headers: s.header_map(),
+            body: s.body.into(),
+        }),
     }
 }

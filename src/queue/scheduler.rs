@@ -170,6 +170,9 @@ mod tests {
                 attempts: 0,
                 next_attempt_at: None,
                 created_at: 0,
+                reconcile_from: None,
+                blind_resends: 0,
+                last_error: None,
             },
             bypass,
         }

@@ -1,13 +1,15 @@
 //! What the dispatcher does with the API's answer to one part: the send queue's failure
-//! policy, acted on.
+//! policy ([`super::policy`]), acted on.
 //!
-//! - 2xx: the part succeeded; the API's answer is kept for the client.
+//! - accepted: the part succeeded; the API's answer is kept for the client.
 //! - 429: never a failure. The key cools down for the hint; a part the API can never
 //!   accept (over `maxAllowed`) is split, and when the 429 reported room
 //!   (`availableCapacity`) a piece of exactly that size goes at once, the rest after the wait.
-//! - 5xx, timeouts, connection errors: retried with backoff up to `max_attempts` or
-//!   `max_age`, then a dead letter.
+//! - unreachable: not counted; the part waits for the upstream breaker's probe.
+//! - lost: the part is looked up (`reconcile.rs`) after `queue.reconcile_delay_ms`.
+//! - 5xx: retried with backoff up to `max_attempts`, then a dead letter.
 //! - other 4xx: a dead letter at once, with the API's status and body kept.
+//! - every wait is bounded by `max_age`: past it, the part fails with that reason.
 //!
 //! Each decision is committed to the store before the part is scheduled again.
 
@@ -15,10 +17,11 @@ use std::time::Duration;
 
 use super::dispatch::{now_ms, Inner};
 use super::plan::{self, Cut};
-use super::store::{Dispatchable, NewPart, PartState, StoreError, StoredResponse};
+use super::policy::Exhausted;
+use super::store::{Dispatchable, NewPart, PartState, Retry, StoreError, StoredResponse};
 use crate::apikey::KeyId;
 use crate::keystate::Stored;
-use crate::retry::{Permit, Reason};
+use crate::retry::Permit;
 use crate::routes::{Route, RouteKind};
 use crate::split;
 
@@ -33,6 +36,8 @@ pub(super) struct Attempt {
     pub stored: Option<Stored>,
     /// Why there was no usable answer.
     pub error: Option<String>,
+    /// When the attempt began (unix ms).
+    pub sent_at: i64,
 }
 
 // === impl Inner ===
@@ -48,7 +53,7 @@ impl Inner {
 
     /// A final answer (4xx other than 429): a dead letter, the answer kept.
     pub(super) async fn on_final(&self, a: Attempt) -> Result<(), StoreError> {
-        if let (Some(p), true) = (a.permit, a.stored.is_some()) {
+        if let Some(p) = a.permit {
             p.succeeded();
         }
         self.finish(&a.part, PartState::Failed, a.stored, a.error)
@@ -68,13 +73,18 @@ impl Inner {
             .retries
             .with_label_values(&["rate_limited"])
             .inc();
+        self.metrics.observe_wait("hint", wait.duration);
         let n = a.part.items.end - a.part.items.start;
-        let cut = (a.route.kind == RouteKind::Bulk)
+        // A part resent while an earlier send's fate is unknown is not cut (see `attempt`).
+        let cut = (a.route.kind == RouteKind::Bulk && a.part.reconcile_from.is_none())
             .then(|| plan::cut_after_429(n, a.route.max_recipients_per_request, &cap))
             .flatten();
+        let why = "rate limited: waiting for the API's hint".to_string();
         match cut {
             Some(cut) => {
-                let reason = if cut.now.is_some() {
+                let reason = if let Some(now) = cut.now {
+                    // The piece that goes at once uses the room the 429 reported.
+                    let _ = self.keys.take_room(&a.key, now);
                     "capacity"
                 } else {
                     "size"
@@ -82,43 +92,112 @@ impl Inner {
                 self.split(&a.part, &a.route, cut, reason, wait.duration)
                     .await
             }
+            // The API said it has room for this send after all: it goes again at once,
+            // on that room (see `KeyState::take_room`).
+            None if cap.available_capacity.is_some_and(|room| room >= n) => {
+                self.reschedule(a.part, Some(429), why, Duration::ZERO, false)
+                    .await
+            }
             None => {
-                let why = "rate limited: waiting for the API's hint".to_string();
                 self.reschedule(a.part, Some(429), why, wait.duration, false)
                     .await
             }
         }
     }
 
-    /// 5xx, timeouts, connection errors: back off and retry, or give up for good.
-    pub(super) async fn on_transient(&self, a: Attempt, reason: Reason) -> Result<(), StoreError> {
-        if let (Some(p), true) = (a.permit, a.stored.is_some()) {
+    /// The API could not be reached: not counted; the part waits for the breaker's probe.
+    pub(super) async fn on_unreachable(&self, a: Attempt) -> Result<(), StoreError> {
+        // The key's probe role (if this held it) passes to the next part: nothing was
+        // learned about the key.
+        drop(a.permit);
+        let mut part = a.part;
+        let error = a
+            .error
+            .unwrap_or_else(|| "the API could not be reached".into());
+        if let Some(why @ Exhausted::Age(_)) = self.exhausted_after(&part) {
+            part.last_error = Some(error);
+            return self.give_up(&part, why, None).await;
+        }
+        self.metrics.retries.with_label_values(&["connect"]).inc();
+        let wait = self.upstream.breaker().remaining().unwrap_or_default();
+        self.reschedule(part, None, error, wait, false).await
+    }
+
+    /// The answer was lost (a timeout, a broken exchange): the API may have accepted the
+    /// part. It is looked up before it is sent again.
+    pub(super) async fn on_lost(&self, a: Attempt) -> Result<(), StoreError> {
+        // Nothing was learned about the key either: the probe role passes on.
+        drop(a.permit);
+        let mut part = a.part;
+        part.reconcile_from = part.reconcile_from.or(Some(a.sent_at));
+        let reason = if a
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("no response"))
+        {
+            "timeout"
+        } else {
+            "body"
+        };
+        self.metrics.retries.with_label_values(&[reason]).inc();
+        let why = format!(
+            "{}; the API may have accepted it: it is looked up before it is sent again",
+            a.error.as_deref().unwrap_or("the answer was lost")
+        );
+        let wait = self.settings.reconcile_delay;
+        self.reschedule(part, None, why, wait, true).await
+    }
+
+    /// 5xx: back off and retry, or give up for good.
+    pub(super) async fn on_transient(&self, a: Attempt) -> Result<(), StoreError> {
+        if let Some(p) = a.permit {
             p.succeeded();
         }
-        let attempts = a.part.attempts + 1;
-        let age = Duration::from_millis((now_ms() - a.part.created_at).max(0) as u64);
-        if attempts >= self.settings.max_attempts || age >= self.settings.max_age {
-            let why = a
-                .error
-                .unwrap_or_else(|| format!("gave up after {attempts} attempts"));
-            return self
-                .finish(&a.part, PartState::Failed, a.stored, Some(why))
-                .await;
-        }
-        let wait = self.keys.policy().backoff(attempts - 1, &mut rand::rng());
-        self.metrics
-            .retries
-            .with_label_values(&[reason.as_str()])
-            .inc();
-        self.metrics.observe_wait("backoff", wait);
         let status = a.stored.as_ref().map(|s| s.status.as_u16());
         let why = a
             .error
             .unwrap_or_else(|| format!("the API answered {}", status.unwrap_or(0)));
-        self.reschedule(a.part, status, why, wait, true).await
+        let mut part = a.part;
+        part.attempts += 1;
+        if let Some(exhausted) = self.exhausted_after(&part) {
+            if part.reconcile_from.is_none() {
+                part.last_error = Some(why);
+                return self.give_up(&part, exhausted, a.stored).await;
+            }
+            // An earlier send's fate is still unknown: look it up before giving up.
+            part.attempts -= 1;
+            return self
+                .reschedule(part, status, why, Duration::ZERO, true)
+                .await;
+        }
+        part.attempts -= 1;
+        let wait = self.keys.policy().backoff(part.attempts, &mut rand::rng());
+        self.metrics
+            .retries
+            .with_label_values(&["status_5xx"])
+            .inc();
+        self.metrics.observe_wait("backoff", wait);
+        self.reschedule(part, status, why, wait, true).await
     }
 
-    /// Puts a part back in the queue after `wait`, recording why.
+    /// Gives up on a part: a dead letter, or uncertain if an earlier send's fate is still
+    /// unknown (it may have been accepted).
+    pub(super) async fn give_up(
+        &self,
+        part: &Dispatchable,
+        why: Exhausted,
+        stored: Option<Stored>,
+    ) -> Result<(), StoreError> {
+        let state = if part.reconcile_from.is_some() {
+            PartState::Uncertain
+        } else {
+            PartState::Failed
+        };
+        let why = why.explain(part.last_error.as_deref());
+        self.finish(part, state, stored, Some(why)).await
+    }
+
+    /// Puts a part that was just sent back in the queue after `wait`, recording why.
     async fn reschedule(
         &self,
         mut part: Dispatchable,
@@ -128,23 +207,57 @@ impl Inner {
         count_attempt: bool,
     ) -> Result<(), StoreError> {
         let next = now_ms() + wait.as_millis() as i64;
+        let retry = Retry {
+            last_status: status,
+            last_error: Some(why.clone()),
+            next_attempt_at: next,
+            count_attempt,
+            reconcile_from: part.reconcile_from,
+            blind_resends: part.blind_resends,
+        };
         self.store
-            .schedule_retry(
-                &part.job_id,
-                part.seq,
-                status,
-                Some(why),
-                next,
-                count_attempt,
-                now_ms(),
-            )
+            .schedule_retry(&part.job_id, part.seq, retry, now_ms())
             .await?;
         if count_attempt {
             part.attempts += 1;
         }
         part.next_attempt_at = Some(next);
+        part.last_error = Some(why);
         self.enqueue(part, Some(wait), false);
         Ok(())
+    }
+
+    /// Puts a part that was not sent this turn back in the queue after `wait`.
+    pub(super) async fn postpone(
+        &self,
+        mut part: Dispatchable,
+        wait: Duration,
+    ) -> Result<(), StoreError> {
+        let next = now_ms() + wait.as_millis() as i64;
+        self.store
+            .postpone(
+                &part.job_id,
+                part.seq,
+                next,
+                part.reconcile_from,
+                part.blind_resends,
+                now_ms(),
+            )
+            .await?;
+        part.next_attempt_at = Some(next);
+        self.enqueue(part, Some(wait), false);
+        Ok(())
+    }
+
+    /// `Some` when a part with these attempts may not be tried again.
+    fn exhausted_after(&self, part: &Dispatchable) -> Option<Exhausted> {
+        let age = Duration::from_millis((now_ms() - part.created_at).max(0) as u64);
+        super::policy::exhausted(
+            part.attempts,
+            self.settings.max_attempts,
+            age,
+            self.settings.max_age,
+        )
     }
 
     /// Cuts a part too big for the API into pieces of at most `max`, to go now.
@@ -202,7 +315,10 @@ impl Inner {
             .split_part(&part.job_id, part.seq, pieces, now_ms())
             .await?;
         self.metrics.parts_split.with_label_values(&[reason]).inc();
-        tracing::info!(job = %part.job_id, part = part.seq, pieces = seqs.len(), reason, "part split");
+        tracing::info!(
+            request_id = part.request_id().as_deref(), job = %part.job_id, part = part.seq, pieces = seqs.len(), reason,
+            "part split"
+        );
         let mut pieces = self.store.dispatchable(&part.job_id, &seqs).await?;
         pieces.sort_by_key(|p| p.items.start);
         for (i, piece) in pieces.into_iter().enumerate() {
@@ -226,22 +342,14 @@ impl Inner {
     }
 
     /// Records a part's final state, counts it and wakes whoever waits for the job.
-    async fn finish(
+    pub(super) async fn finish(
         &self,
         part: &Dispatchable,
         state: PartState,
         stored: Option<Stored>,
         error: Option<String>,
     ) -> Result<(), StoreError> {
-        let response = stored.map(|s| StoredResponse {
-            status: s.status.as_u16(),
-            headers: s
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body: s.body.to_vec(),
-        });
+        let response = stored.map(|s| StoredResponse::of(s.status, &s.headers, &s.body));
         self.store
             .finish_part(&part.job_id, part.seq, state, response, error, now_ms())
             .await?;
@@ -252,13 +360,25 @@ impl Inner {
                 .recipients_delivered
                 .with_label_values(&[route])
                 .inc_by(n);
+        } else if state == PartState::Uncertain {
+            self.metrics
+                .recipients_uncertain
+                .with_label_values(&[route])
+                .inc_by(n);
+            tracing::warn!(
+                request_id = part.request_id().as_deref(), job = %part.job_id, part = part.seq, route, recipients = n,
+                "part uncertain: the API may or may not have accepted it"
+            );
         } else {
             self.metrics.dead_letters.with_label_values(&[route]).inc();
             self.metrics
                 .recipients_failed
                 .with_label_values(&[route])
                 .inc_by(n);
-            tracing::warn!(job = %part.job_id, part = part.seq, route, recipients = n, "part dead-lettered");
+            tracing::warn!(
+                request_id = part.request_id().as_deref(), job = %part.job_id, part = part.seq, route, recipients = n,
+                "part dead-lettered"
+            );
         }
         self.remove_backlog(n, part.bytes.end - part.bytes.start);
         self.notify(&part.job_id);

@@ -152,6 +152,19 @@ pub struct NewJob {
     pub now_ms: i64,
 }
 
+/// What [`Store::schedule_retry`] records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub next_attempt_at: i64,
+    /// Whether the attempt just made counts against `queue.max_attempts`.
+    pub count_attempt: bool,
+    /// See [`Dispatchable::reconcile_from`].
+    pub reconcile_from: Option<i64>,
+    pub blind_resends: u32,
+}
+
 /// One part of a [`NewJob`], or one piece of a split part.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewPart {
@@ -175,6 +188,11 @@ pub enum PartState {
     Succeeded,
     Failed,
     Cancelled,
+    /// Final: the API may or may not have accepted the part. Its answer was lost (a timeout
+    /// or a broken connection after the request was written), the API's messages could not
+    /// be looked up to tell, and the one resend allowed in that case met the same fate.
+    /// Not called failed: sending it again might deliver its recipients twice.
+    Uncertain,
 }
 
 /// A job's state, derived from its parts by [`derive_state`].
@@ -193,6 +211,9 @@ pub enum JobState {
     Failed,
     /// Every part was cancelled.
     Cancelled,
+    /// Every part is final, none failed, and the fate of some is unknown
+    /// ([`PartState::Uncertain`]).
+    Uncertain,
 }
 
 /// How many of a job's parts are in each state, and their attempts added up.
@@ -203,6 +224,7 @@ pub struct PartCounts {
     pub succeeded: u64,
     pub failed: u64,
     pub cancelled: u64,
+    pub uncertain: u64,
     /// The sum of every part's `attempts`.
     pub attempts: u64,
 }
@@ -275,6 +297,30 @@ pub struct Dispatchable {
     pub next_attempt_at: Option<i64>,
     /// The job's `created_at`, for fair ordering.
     pub created_at: i64,
+    /// Set while the part's fate is unknown: the start (unix ms) of the first attempt whose
+    /// answer was lost, or of the attempt in flight when sluice stopped. Before sending
+    /// again, the dispatcher looks for a send made since then.
+    pub reconcile_from: Option<i64>,
+    /// Resends made because that lookup could not answer (at most one is made).
+    pub blind_resends: u32,
+    /// Why the last attempt failed, in words.
+    pub last_error: Option<String>,
+}
+
+/// What sluice learned about one API key, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// [`crate::apikey::KeyId::full`] of the key.
+    pub key: String,
+    /// The key's cooldown ends at this time (unix ms); `None` when it is not cooling down.
+    pub cooling_until: Option<i64>,
+    /// The `maxAllowed` of the key's last 429.
+    pub max_allowed: Option<u64>,
+    /// The `availableCapacity` of the key's last 429.
+    pub available: Option<u64>,
+    /// The key's last 429, replayed to pass-through clients whose deadline passes.
+    pub last_429: Option<StoredResponse>,
+    pub updated_at: i64,
 }
 
 /// Figures for metrics. Every state is listed, with 0 where there is none.
@@ -296,9 +342,10 @@ pub struct StoreStats {
 /// While any part is `Queued` or `InFlight`: `Queued` if nothing was ever attempted (every
 /// part has 0 attempts and none is final), else `InProgress`. Once all are final: all
 /// succeeded → `Succeeded`; all cancelled → `Cancelled`; none succeeded → `Failed`; some
-/// succeeded and some failed or were cancelled → `PartiallyFailed`.
+/// succeeded and some failed or were cancelled → `PartiallyFailed`; some uncertain and
+/// none failed → `Uncertain`.
 pub fn derive_state(counts: &PartCounts) -> JobState {
-    let finished = counts.succeeded + counts.failed + counts.cancelled;
+    let finished = counts.succeeded + counts.failed + counts.cancelled + counts.uncertain;
     if counts.queued + counts.in_flight > 0 {
         return if counts.attempts == 0 && finished == 0 {
             JobState::Queued
@@ -310,10 +357,54 @@ pub fn derive_state(counts: &PartCounts) -> JobState {
         JobState::Succeeded
     } else if counts.cancelled == finished {
         JobState::Cancelled
+    } else if counts.uncertain > 0 && counts.failed == 0 {
+        JobState::Uncertain
     } else if counts.succeeded == 0 {
         JobState::Failed
     } else {
         JobState::PartiallyFailed
+    }
+}
+
+// === impl Dispatchable ===
+
+impl Dispatchable {
+    /// The client's request id, kept with the job's headers.
+    pub fn request_id(&self) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name == crate::request_id::HEADER)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+// === impl StoredResponse ===
+
+impl StoredResponse {
+    /// An HTTP answer, to be stored.
+    pub fn of(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) -> Self {
+        Self {
+            status: status.as_u16(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: body.to_vec(),
+        }
+    }
+
+    /// The stored headers as a header map (any that are no longer valid are left out).
+    pub fn header_map(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name.as_bytes()),
+                http::HeaderValue::from_bytes(value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        map
     }
 }
 
@@ -364,8 +455,9 @@ impl Store {
         self.write(move |c| changes::insert_job(c, &job)).await
     }
 
-    /// The part is being sent: `attempts += 1`, state `InFlight`. Applies to a `Queued`
-    /// part, or an `InFlight` one being sent again after a restart; otherwise
+    /// The part is being sent: `attempts += 1`, state `InFlight`, `sent_at = now_ms`.
+    /// Applies to a `Queued` part, or an `InFlight` one being sent again after a restart;
+    /// otherwise
     /// [`StoreError::WrongState`] (e.g. cancelled meanwhile: do not send it).
     pub async fn mark_in_flight(&self, job: &str, seq: u32, now_ms: i64) -> Result<(), StoreError> {
         let job = job.to_owned();
@@ -373,33 +465,66 @@ impl Store {
             .await
     }
 
-    /// An `InFlight` part goes back to `Queued`, not to be sent before `next_attempt_at`.
-    /// `count_attempt: false` (a 429) takes back the attempt that [`Store::mark_in_flight`]
-    /// counted. If the job was cancelled meanwhile, the part becomes `Cancelled` instead.
-    #[allow(clippy::too_many_arguments)]
+    /// An `InFlight` part goes back to `Queued`, not to be sent before
+    /// `retry.next_attempt_at`. `retry.count_attempt: false` (a 429, an unreachable API)
+    /// takes back the attempt that [`Store::mark_in_flight`] counted. `reconcile_from` and
+    /// `blind_resends` are written as given. If the job was cancelled meanwhile, the part
+    /// becomes `Cancelled` instead.
     pub async fn schedule_retry(
         &self,
         job: &str,
         seq: u32,
-        last_status: Option<u16>,
-        last_error: Option<String>,
-        next_attempt_at: i64,
-        count_attempt: bool,
+        retry: Retry,
         now_ms: i64,
     ) -> Result<(), StoreError> {
         let job = job.to_owned();
-        let retry = changes::Retry {
-            last_status,
-            last_error,
-            next_attempt_at,
-            count_attempt,
-        };
         self.write(move |c| changes::schedule_retry(c, &job, seq, retry, now_ms))
             .await
     }
 
-    /// A `Queued` or `InFlight` part is final: `state` is `Succeeded` or `Failed` (else
-    /// [`StoreError::Invalid`]), with the upstream's answer if one came.
+    /// A `Queued` (or `InFlight`, after a restart) part that was not sent this turn is
+    /// `Queued` again, not to be sent before `next_attempt_at`, with `reconcile_from` and
+    /// `blind_resends` as given. Attempts are unchanged.
+    pub async fn postpone(
+        &self,
+        job: &str,
+        seq: u32,
+        next_attempt_at: i64,
+        reconcile_from: Option<i64>,
+        blind_resends: u32,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let job = job.to_owned();
+        self.write(move |c| {
+            changes::postpone(
+                c,
+                &job,
+                seq,
+                next_attempt_at,
+                reconcile_from,
+                blind_resends,
+                now_ms,
+            )
+        })
+        .await
+    }
+
+    /// Records what a lookup decided for an open part about to be sent: `reconcile_from`
+    /// (cleared when the API showed the send was not accepted) and `blind_resends`.
+    pub async fn note_reconcile(
+        &self,
+        job: &str,
+        seq: u32,
+        reconcile_from: Option<i64>,
+        blind_resends: u32,
+    ) -> Result<(), StoreError> {
+        let job = job.to_owned();
+        self.write(move |c| changes::note_reconcile(c, &job, seq, reconcile_from, blind_resends))
+            .await
+    }
+
+    /// A `Queued` or `InFlight` part is final: `state` is `Succeeded`, `Failed` or
+    /// `Uncertain` (else [`StoreError::Invalid`]), with the upstream's answer if one came.
     pub async fn finish_part(
         &self,
         job: &str,
@@ -456,6 +581,16 @@ impl Store {
         let (job, owner) = (job.to_owned(), owner.to_owned());
         self.write(move |c| changes::retry_failed(c, &job, &owner, now_ms))
             .await
+    }
+
+    /// Records what was learned about a key (replacing what was kept before).
+    pub async fn save_key(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.write(move |c| changes::save_key(c, &record)).await
+    }
+
+    /// Every key's learned state, for the start.
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        self.read(reader::keys).await
     }
 
     /// The job with its parts, or `None` if `owner` has no such job.

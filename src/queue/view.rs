@@ -2,14 +2,15 @@
 //!
 //! ```json
 //! {"id": "…", "route": "bulk", "state": "in_progress", "recipients": 450000,
-//!  "delivered": 100000, "failed": 0, "acceptedCount": 100000,
+//!  "delivered": 100000, "failed": 0, "uncertain": 0, "acceptedCount": 100000,
 //!  "parts": [{"index": 0, "recipients": 50000, "state": "succeeded", "attempts": 1,
 //!             "lastStatus": 202, "lastError": null, "nextAttemptAt": null,
 //!             "response": {"campaignId": 7, "acceptedCount": 50000}}, …],
 //!  "skipped": [], "createdAt": "2026-…Z", "updatedAt": "2026-…Z"}
 //! ```
 //! `delivered` counts recipients the API accepted, `failed` those in dead-lettered
-//! parts; `acceptedCount` sums the API's own `acceptedCount` fields where present.
+//! parts, `uncertain` those whose fate is unknown (answers lost, the lookup could not tell);
+//! `acceptedCount` sums the API's own `acceptedCount` fields where present.
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -25,6 +26,8 @@ pub struct JobView<'a> {
     pub recipients: u64,
     pub delivered: u64,
     pub failed: u64,
+    /// Recipients whose fate is unknown: the API may or may not have accepted them.
+    pub uncertain: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accepted_count: Option<u64>,
     pub parts: Vec<PartView<'a>>,
@@ -96,6 +99,7 @@ impl<'a> JobView<'a> {
             recipients: job.recipients,
             delivered: count(PartState::Succeeded),
             failed: count(PartState::Failed),
+            uncertain: count(PartState::Uncertain),
             accepted_count: accepted,
             parts,
             skipped: job

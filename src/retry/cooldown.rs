@@ -116,6 +116,28 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
         }
     }
 
+    /// [`acquire`](Self::acquire) without waiting: a permit if a request for `key` may go
+    /// now (the key is open, or its cooldown is over and this caller becomes the probe),
+    /// else `Err` with the time left in the cooldown (`None`: a probe is in flight).
+    pub fn try_acquire(&self, key: &K) -> Result<Permit, Option<Duration>> {
+        let gate = self.gate(key);
+        let now = Instant::now();
+        let phase = *gate.phase.borrow();
+        match phase {
+            Phase::Open => Ok(Permit { gate, probe: None }),
+            Phase::Cooling { until } if until > now => Err(Some(until - now)),
+            Phase::Cooling { .. } => match gate.take_probe(now) {
+                Some(id) => Ok(Permit {
+                    gate,
+                    probe: Some(id),
+                }),
+                // Another caller changed the phase first: it is probing, or cooling again.
+                None => Err(gate.remaining(now)),
+            },
+            Phase::Probing { .. } => Err(None),
+        }
+    }
+
     /// Records a 429 for `key` (from any request, probe or not): the key cools down until
     /// `wait` from now. A running cooldown is extended, never shortened.
     pub fn on_rate_limited(&self, key: &K, wait: Duration) {

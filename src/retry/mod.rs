@@ -10,6 +10,8 @@
 //!   caller can record *why* an attempt failed even when no retry is allowed.
 //! - [`cooldown`](Cooldowns): one cooldown per API key, so that many requests waiting
 //!   out the same 429 make one probe and then one wave of retries, not a burst of 429s.
+//! - [`breaker`](Breaker): the same for the whole upstream while it cannot be reached at
+//!   all (connection refused, DNS, TLS): one probe at a time, nothing counted as a failure.
 //!
 //! A caller's loop, in outline:
 //!
@@ -23,10 +25,12 @@
 //! match policy.decide(class, wait, attempts_made, elapsed) { RetryAfter(w) → loop, GiveUp(_) → answer }
 //! ```
 
+mod breaker;
 mod cooldown;
 mod hint;
 mod policy;
 
+pub use breaker::{Breaker, Change, Outage, Pass};
 pub use cooldown::{Cooldowns, Permit};
 pub use hint::{hint_from, parse_body_retry_after, parse_retry_after, Hint};
 pub use policy::{

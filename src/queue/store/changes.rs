@@ -9,16 +9,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{self, int};
 use super::{
-    derive_state, JobState, NewJob, NewPart, PartCounts, PartState, StoreError, StoredResponse,
+    derive_state, JobState, KeyRecord, NewJob, NewPart, PartCounts, PartState, Retry, StoreError,
+    StoredResponse,
 };
-
-/// What [`schedule_retry`] records.
-pub(super) struct Retry {
-    pub last_status: Option<u16>,
-    pub last_error: Option<String>,
-    pub next_attempt_at: i64,
-    pub count_attempt: bool,
-}
 
 /// The job row, as the changes need it.
 struct JobRow {
@@ -111,7 +104,7 @@ pub(super) fn mark_in_flight(
     }
     conn.prepare_cached(
         "UPDATE parts SET state = 'in_flight', attempts = attempts + 1, next_attempt_at = NULL,
-             updated_at = ?3
+             updated_at = ?3, sent_at = ?3
          WHERE job_no = ?1 AND seq = ?2",
     )?
     .execute(params![job.no, seq, now])?;
@@ -145,7 +138,7 @@ pub(super) fn schedule_retry(
     };
     conn.prepare_cached(
         "UPDATE parts SET state = ?3, attempts = ?4, last_status = ?5, last_error = ?6,
-             next_attempt_at = ?7, updated_at = ?8
+             next_attempt_at = ?7, updated_at = ?8, reconcile_from = ?9, blind_resends = ?10
          WHERE job_no = ?1 AND seq = ?2",
     )?
     .execute(params![
@@ -157,6 +150,8 @@ pub(super) fn schedule_retry(
         retry.last_error,
         (to == PartState::Queued).then_some(retry.next_attempt_at),
         now,
+        retry.reconcile_from,
+        retry.blind_resends,
     ])?;
     job.counts.shift(part.state, to, 1);
     job.counts.attempts = job
@@ -164,6 +159,64 @@ pub(super) fn schedule_retry(
         .attempts
         .saturating_sub(u64::from(part.attempts - attempts));
     save_counts(conn, &job, now)
+}
+
+/// [`super::Store::postpone`].
+pub(super) fn postpone(
+    conn: &Connection,
+    id: &str,
+    seq: u32,
+    next_attempt_at: i64,
+    reconcile_from: Option<i64>,
+    blind_resends: u32,
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut job = load_job(conn, id, None)?.ok_or(StoreError::NotFound)?;
+    let part = load_part(conn, job.no, seq)?;
+    if !part.state.is_open() {
+        return Err(StoreError::WrongState(part.state));
+    }
+    let to = if job.cancelled {
+        PartState::Cancelled
+    } else {
+        PartState::Queued
+    };
+    conn.prepare_cached(
+        "UPDATE parts SET state = ?3, next_attempt_at = ?4, updated_at = ?5,
+             reconcile_from = ?6, blind_resends = ?7
+         WHERE job_no = ?1 AND seq = ?2",
+    )?
+    .execute(params![
+        job.no,
+        seq,
+        to,
+        (to == PartState::Queued).then_some(next_attempt_at),
+        now,
+        reconcile_from,
+        blind_resends,
+    ])?;
+    job.counts.shift(part.state, to, 1);
+    save_counts(conn, &job, now)
+}
+
+/// [`super::Store::note_reconcile`].
+pub(super) fn note_reconcile(
+    conn: &Connection,
+    id: &str,
+    seq: u32,
+    reconcile_from: Option<i64>,
+    blind_resends: u32,
+) -> Result<(), StoreError> {
+    let job = load_job(conn, id, None)?.ok_or(StoreError::NotFound)?;
+    let part = load_part(conn, job.no, seq)?;
+    if !part.state.is_open() {
+        return Err(StoreError::WrongState(part.state));
+    }
+    conn.prepare_cached(
+        "UPDATE parts SET reconcile_from = ?3, blind_resends = ?4 WHERE job_no = ?1 AND seq = ?2",
+    )?
+    .execute(params![job.no, seq, reconcile_from, blind_resends])?;
+    Ok(())
 }
 
 /// [`super::Store::finish_part`]. `last_status` becomes the response's status, if any.
@@ -176,9 +229,12 @@ pub(super) fn finish_part(
     last_error: Option<String>,
     now: i64,
 ) -> Result<(), StoreError> {
-    if !matches!(state, PartState::Succeeded | PartState::Failed) {
+    if !matches!(
+        state,
+        PartState::Succeeded | PartState::Failed | PartState::Uncertain
+    ) {
         return Err(StoreError::Invalid(format!(
-            "a part finishes as succeeded or failed, not {state:?}"
+            "a part finishes as succeeded, failed or uncertain, not {state:?}"
         )));
     }
     let mut job = load_job(conn, id, None)?.ok_or(StoreError::NotFound)?;
@@ -197,7 +253,7 @@ pub(super) fn finish_part(
     conn.prepare_cached(
         "UPDATE parts SET state = ?3, last_status = COALESCE(?4, last_status),
              last_error = ?5, next_attempt_at = NULL, updated_at = ?6,
-             resp_status = ?4, resp_headers = ?7, resp_body = ?8
+             resp_status = ?4, resp_headers = ?7, resp_body = ?8, reconcile_from = NULL
          WHERE job_no = ?1 AND seq = ?2",
     )?
     .execute(params![
@@ -343,6 +399,37 @@ pub(super) fn retry_failed(
     Ok(Some(seqs))
 }
 
+/// [`super::Store::save_key`].
+pub(super) fn save_key(conn: &Connection, key: &KeyRecord) -> Result<(), StoreError> {
+    let (status, headers, body) = match &key.last_429 {
+        Some(r) => (
+            Some(r.status),
+            Some(rows::encode_headers(&r.headers)?),
+            Some(&r.body[..]),
+        ),
+        None => (None, None, None),
+    };
+    let opt = |v: Option<u64>| v.map(int).transpose();
+    conn.prepare_cached(
+        "INSERT INTO key_state (key, cooling_until, max_allowed, available, updated_at,
+             last_status, last_headers, last_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (key) DO UPDATE SET cooling_until = ?2, max_allowed = ?3, available = ?4,
+             updated_at = ?5, last_status = ?6, last_headers = ?7, last_body = ?8",
+    )?
+    .execute(params![
+        key.key,
+        key.cooling_until,
+        opt(key.max_allowed)?,
+        opt(key.available)?,
+        key.updated_at,
+        status,
+        headers,
+        body,
+    ])?;
+    Ok(())
+}
+
 // === helpers ===
 
 /// The job with this id (and this owner, if given), or `None`.
@@ -354,7 +441,7 @@ fn load_job(
     let row = conn
         .prepare_cached(
             "SELECT no, owner, state, n_queued, n_in_flight, n_succeeded, n_failed, n_cancelled,
-                 attempts, array_start IS NOT NULL, cancelled_at IS NOT NULL
+                 attempts, n_uncertain, array_start IS NOT NULL, cancelled_at IS NOT NULL
              FROM jobs WHERE id = ?1",
         )?
         .query_row([id], |row| {
@@ -364,8 +451,8 @@ fn load_job(
                     no: row.get(0)?,
                     state: row.get(2)?,
                     counts: rows::counts(row, 3)?,
-                    bulk: row.get(9)?,
-                    cancelled: row.get(10)?,
+                    bulk: row.get(10)?,
+                    cancelled: row.get(11)?,
                 },
             ))
         })
@@ -409,7 +496,7 @@ fn save_counts(conn: &Connection, job: &JobRow, now: i64) -> Result<(), StoreErr
     }
     conn.prepare_cached(
         "UPDATE jobs SET n_queued = ?2, n_in_flight = ?3, n_succeeded = ?4, n_failed = ?5,
-             n_cancelled = ?6, attempts = ?7, state = ?8, updated_at = ?9
+             n_cancelled = ?6, attempts = ?7, state = ?8, updated_at = ?9, n_uncertain = ?10
          WHERE no = ?1",
     )?
     .execute(params![
@@ -422,6 +509,7 @@ fn save_counts(conn: &Connection, job: &JobRow, now: i64) -> Result<(), StoreErr
         int(c.attempts)?,
         state,
         now,
+        int(c.uncertain)?,
     ])?;
     Ok(())
 }

@@ -11,8 +11,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, ToS
 
 use super::rows::{self, int};
 use super::{
-    schema, Dispatchable, JobRecord, JobState, PartRecord, PartState, StoreError, StoreStats,
-    StoredResponse,
+    schema, Dispatchable, JobRecord, JobState, KeyRecord, PartRecord, PartState, StoreError,
+    StoreStats, StoredResponse,
 };
 
 /// Idle read connections kept for reuse; more are opened when needed and closed after.
@@ -27,16 +27,21 @@ pub(super) struct Readers {
 /// The columns [`job_from_row`] reads, from `jobs j`.
 const JOB_COLUMNS: &str = "j.id, j.owner, j.route, j.method, j.path, j.state, j.recipients,
     j.n_queued, j.n_in_flight, j.n_succeeded, j.n_failed, j.n_cancelled, j.attempts,
-    j.created_at, j.updated_at, j.skipped";
+    j.n_uncertain, j.created_at, j.updated_at, j.skipped";
 
 /// The columns [`part_from_row`] reads, from `parts`.
 const PART_COLUMNS: &str = "seq, item_start, item_end, byte_start, byte_end, state, attempts,
     last_status, last_error, next_attempt_at, resp_status, resp_headers, resp_body";
 
 /// The columns [`dispatchable_from_row`] reads, from `parts p JOIN jobs j`.
+/// A part found `in_flight` was being sent when sluice stopped: its fate is unknown from
+/// the start of that attempt (`sent_at`).
 const DISPATCH_COLUMNS: &str = "j.id, p.seq, j.owner, j.api_key, j.route, j.method, j.path,
     j.headers, p.item_start, p.item_end, p.byte_start, p.byte_end, p.attempts,
-    p.next_attempt_at, j.created_at";
+    p.next_attempt_at, j.created_at,
+    CASE WHEN p.state = 'in_flight' THEN COALESCE(p.reconcile_from, p.sent_at)
+         ELSE p.reconcile_from END,
+    p.blind_resends, p.last_error";
 
 // === impl Readers ===
 
@@ -170,6 +175,18 @@ pub(super) fn dispatchable(
     Ok(out)
 }
 
+pub(super) fn keys(conn: &Connection) -> Result<Vec<KeyRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, cooling_until, max_allowed, available, updated_at, last_status,
+             last_headers, last_body
+         FROM key_state",
+    )?;
+    let keys = stmt
+        .query_map([], key_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(keys)
+}
+
 pub(super) fn part_body(
     conn: &Connection,
     job: &str,
@@ -264,9 +281,9 @@ fn job_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<JobRecord> {
         state: row.get(at + 5)?,
         recipients: rows::uint(row, at + 6)?,
         counts: rows::counts(row, at + 7)?,
-        created_at: row.get(at + 13)?,
-        updated_at: row.get(at + 14)?,
-        skipped: row.get(at + 15)?,
+        created_at: row.get(at + 14)?,
+        updated_at: row.get(at + 15)?,
+        skipped: row.get(at + 16)?,
         parts: Vec::new(),
     })
 }
@@ -308,5 +325,33 @@ fn dispatchable_from_row(row: &Row<'_>) -> rusqlite::Result<Dispatchable> {
         attempts: row.get(12)?,
         next_attempt_at: row.get(13)?,
         created_at: row.get(14)?,
+        reconcile_from: row.get(15)?,
+        blind_resends: row.get(16)?,
+        last_error: row.get(17)?,
+    })
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let opt = |idx| -> rusqlite::Result<Option<u64>> {
+        match row.get::<_, Option<i64>>(idx)? {
+            Some(_) => rows::uint(row, idx).map(Some),
+            None => Ok(None),
+        }
+    };
+    let last_429 = match row.get::<_, Option<u16>>(5)? {
+        Some(status) => Some(StoredResponse {
+            status,
+            headers: rows::headers(row, 6)?,
+            body: row.get::<_, Option<Vec<u8>>>(7)?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(KeyRecord {
+        key: row.get(0)?,
+        cooling_until: row.get(1)?,
+        max_allowed: opt(2)?,
+        available: opt(3)?,
+        updated_at: row.get(4)?,
+        last_429,
     })
 }

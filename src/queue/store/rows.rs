@@ -26,7 +26,8 @@ pub(super) fn range(row: &Row<'_>, start: usize) -> rusqlite::Result<std::ops::R
     Ok(uint(row, start)?..uint(row, start + 1)?)
 }
 
-/// Reads the six count columns (`n_queued` .. `attempts`) starting at `start`.
+/// Reads the seven count columns (`n_queued`, `n_in_flight`, `n_succeeded`, `n_failed`,
+/// `n_cancelled`, `attempts`, `n_uncertain`) starting at `start`.
 pub(super) fn counts(row: &Row<'_>, start: usize) -> rusqlite::Result<PartCounts> {
     Ok(PartCounts {
         queued: uint(row, start)?,
@@ -35,6 +36,7 @@ pub(super) fn counts(row: &Row<'_>, start: usize) -> rusqlite::Result<PartCounts
         failed: uint(row, start + 3)?,
         cancelled: uint(row, start + 4)?,
         attempts: uint(row, start + 5)?,
+        uncertain: uint(row, start + 6)?,
     })
 }
 
@@ -83,12 +85,13 @@ pub(super) fn headers(row: &Row<'_>, idx: usize) -> rusqlite::Result<Headers> {
 // === impl PartState ===
 
 impl PartState {
-    pub(super) const ALL: [PartState; 5] = [
+    pub(super) const ALL: [PartState; 6] = [
         Self::Queued,
         Self::InFlight,
         Self::Succeeded,
         Self::Failed,
         Self::Cancelled,
+        Self::Uncertain,
     ];
 
     /// The name stored in `parts.state` (the same as the serde name).
@@ -99,6 +102,7 @@ impl PartState {
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Uncertain => "uncertain",
         }
     }
 
@@ -127,13 +131,14 @@ impl FromSql for PartState {
 // === impl JobState ===
 
 impl JobState {
-    pub(super) const ALL: [JobState; 6] = [
+    pub(super) const ALL: [JobState; 7] = [
         Self::Queued,
         Self::InProgress,
         Self::Succeeded,
         Self::PartiallyFailed,
         Self::Failed,
         Self::Cancelled,
+        Self::Uncertain,
     ];
 
     /// The state named as in JSON (`in_progress`…), if it is one.
@@ -150,6 +155,7 @@ impl JobState {
             Self::PartiallyFailed => "partially_failed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
+            Self::Uncertain => "uncertain",
         }
     }
 }
@@ -181,6 +187,7 @@ impl PartCounts {
             PartState::Succeeded => &mut self.succeeded,
             PartState::Failed => &mut self.failed,
             PartState::Cancelled => &mut self.cancelled,
+            PartState::Uncertain => &mut self.uncertain,
         }
     }
 

@@ -14,7 +14,7 @@ pub const DB_FILE: &str = "sluice.db";
 
 /// The schema version this code writes (`PRAGMA user_version`). Each version's script is
 /// in [`MIGRATIONS`]; a database at version N runs the scripts after N, in order.
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 /// How long a connection waits for a lock before failing with SQLITE_BUSY. Only the
 /// writer writes, so this covers checkpoints and other processes opening the file.
@@ -30,7 +30,17 @@ const STATEMENT_CACHE: usize = 64;
 /// its own table so that job rows stay small for listing, and so that its rowid (the job's
 /// `no`) can be opened for incremental BLOB reads. States are stored as their snake_case
 /// names, readable with the `sqlite3` shell.
-const MIGRATIONS: [&str; VERSION as usize] = ["
+///
+/// Version 2 (resilience). `parts.sent_at` is when the part's last attempt began;
+/// `parts.reconcile_from` is set while the part's fate is unknown (an attempt timed out or
+/// lost its connection after the request was written, or sluice was killed with it in
+/// flight): before it is sent again, the API's messages are looked up for a send made since
+/// then. `parts.blind_resends` counts resends made when that lookup could not answer (at
+/// most one). `jobs.n_uncertain` counts parts whose fate stayed unknown. `key_state` keeps
+/// what sluice learned about each API key (by fingerprint) across restarts: the end of its
+/// cooldown, the API's `maxAllowed`, the room the last 429 reported, and that 429 itself.
+const MIGRATIONS: [&str; VERSION as usize] = [
+    "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value
@@ -84,7 +94,24 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (job_no, seq)
 );
 CREATE INDEX IF NOT EXISTS parts_state ON parts (state, job_no);
-"];
+",
+    "
+ALTER TABLE parts ADD COLUMN sent_at INTEGER;
+ALTER TABLE parts ADD COLUMN reconcile_from INTEGER;
+ALTER TABLE parts ADD COLUMN blind_resends INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN n_uncertain INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS key_state (
+    key           TEXT PRIMARY KEY,
+    cooling_until INTEGER,
+    max_allowed   INTEGER,
+    available     INTEGER,
+    updated_at    INTEGER NOT NULL,
+    last_status   INTEGER,
+    last_headers  BLOB,
+    last_body     BLOB
+);
+",
+];
 
 type BoxError = Box<dyn Error + Send + Sync>;
 

@@ -19,6 +19,18 @@ fn open() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// What `schedule_retry` records, with nothing to reconcile.
+fn retry(last_status: Option<u16>, last_error: Option<String>, next: i64, count: bool) -> Retry {
+    Retry {
+        last_status,
+        last_error,
+        next_attempt_at: next,
+        count_attempt: count,
+        reconcile_from: None,
+        blind_resends: 0,
+    }
+}
+
 fn reopen(dir: &tempfile::TempDir) -> Store {
     Store::open(&dir.path().join("data"), Synchronous::Normal).expect("reopen")
 }
@@ -106,7 +118,8 @@ fn assert_counts_match(dir: &tempfile::TempDir) {
     let conn = rusqlite::Connection::open(dir.path().join("data").join(DB_FILE)).expect("open");
     let mut jobs = conn
         .prepare(
-            "SELECT no, state, n_queued, n_in_flight, n_succeeded, n_failed, n_cancelled, attempts
+            "SELECT no, state, n_queued, n_in_flight, n_succeeded, n_failed, n_cancelled, attempts,
+                 n_uncertain
              FROM jobs",
         )
         .expect("prepare");
@@ -146,6 +159,14 @@ fn derive_state_table() {
         failed,
         cancelled,
         attempts,
+        uncertain: 0,
+    };
+    let u = |succeeded, failed, uncertain| PartCounts {
+        succeeded,
+        failed,
+        uncertain,
+        attempts: 1,
+        ..PartCounts::default()
     };
     use JobState::*;
     let table = [
@@ -162,6 +183,10 @@ fn derive_state_table() {
         (c(0, 0, 2, 1, 0, 3), PartiallyFailed),
         (c(0, 0, 2, 0, 1, 2), PartiallyFailed),
         (c(0, 0, 1, 1, 1, 2), PartiallyFailed),
+        (u(0, 0, 1), Uncertain),
+        (u(2, 0, 1), Uncertain), // some accepted, the rest may have been
+        (u(2, 1, 1), PartiallyFailed),
+        (u(0, 1, 1), Failed),
     ];
     for (counts, want) in table {
         assert_eq!(derive_state(&counts), want, "{counts:?}");
@@ -633,10 +658,7 @@ async fn a_429_does_not_count_as_an_attempt() {
             .schedule_retry(
                 job,
                 0,
-                Some(503),
-                Some("unavailable".into()),
-                T0 + 10,
-                true,
+                retry(Some(503), Some("unavailable".into()), T0 + 10, true),
                 T0,
             )
             .await
@@ -646,7 +668,7 @@ async fn a_429_does_not_count_as_an_attempt() {
     store.mark_in_flight(job, 0, T0).await.expect("in flight");
     assert_eq!(parts(&store, job, ALICE).await[0].attempts, 3);
     store
-        .schedule_retry(job, 0, Some(429), None, T0 + 20, false, T0 + 1)
+        .schedule_retry(job, 0, retry(Some(429), None, T0 + 20, false), T0 + 1)
         .await
         .expect("429");
     let p = &parts(&store, job, ALICE).await[0];
@@ -665,7 +687,7 @@ async fn a_429_does_not_count_as_an_attempt() {
         .await
         .expect("in flight");
     store
-        .schedule_retry(&id(2), 0, Some(429), None, T0, false, T0)
+        .schedule_retry(&id(2), 0, retry(Some(429), None, T0, false), T0)
         .await
         .expect("429");
     let states = (
@@ -684,7 +706,9 @@ async fn a_429_does_not_count_as_an_attempt() {
     );
     assert_eq!(states, (JobState::InProgress, JobState::Queued));
     // Only an in-flight part can be rescheduled.
-    let wrong = store.schedule_retry(job, 0, None, None, T0, true, T0).await;
+    let wrong = store
+        .schedule_retry(job, 0, retry(None, None, T0, true), T0)
+        .await;
     assert!(
         matches!(wrong, Err(StoreError::WrongState(PartState::Queued))),
         "{wrong:?}"
@@ -723,7 +747,7 @@ async fn cancel_stops_queued_parts_and_retries_of_parts_in_flight() {
         "{refused:?}"
     );
     store
-        .schedule_retry(&id(1), 0, Some(500), None, T0 + 9, true, T0 + 2)
+        .schedule_retry(&id(1), 0, retry(Some(500), None, T0 + 9, true), T0 + 2)
         .await
         .expect("retry");
     let pieces = store
@@ -864,7 +888,7 @@ async fn unfinished_parts_survive_a_crash() {
             .await
             .expect("in flight");
         store
-            .schedule_retry(&id(1), 2, Some(503), None, T0 + 500, true, T0)
+            .schedule_retry(&id(1), 2, retry(Some(503), None, T0 + 500, true), T0)
             .await
             .expect("retry");
         // Dropped here with part 0 in flight: as if the process had died.
@@ -884,6 +908,10 @@ async fn unfinished_parts_survive_a_crash() {
             (id(2), 0, 0, None),
         ]
     );
+    // The part in flight at the crash is to be looked up from when it was sent; the
+    // others have nothing to reconcile.
+    let reconcile: Vec<_> = left.iter().map(|d| d.reconcile_from).collect();
+    assert_eq!(reconcile, [Some(T0), None, None, None]);
     assert_eq!(left[3].api_key.as_deref(), Some(&b"client-key"[..]));
     assert_eq!(left[3].owner, BOB);
     // The part that was in flight is sent again: it can be marked in flight once more.
@@ -1019,13 +1047,13 @@ async fn stats_count_jobs_parts_and_backlog() {
 
     let stats = store.stats(T0 + 12_500).await.expect("stats");
     let get = |v: &[(JobState, u64)], s| v.iter().find(|(k, _)| *k == s).map(|(_, n)| *n);
-    assert_eq!(stats.jobs.len(), 6);
+    assert_eq!(stats.jobs.len(), 7);
     assert_eq!(get(&stats.jobs, JobState::InProgress), Some(1));
     assert_eq!(get(&stats.jobs, JobState::Failed), Some(1));
     assert_eq!(get(&stats.jobs, JobState::Queued), Some(1));
     assert_eq!(get(&stats.jobs, JobState::Succeeded), Some(0));
     let parts: Vec<u64> = stats.parts.iter().map(|(_, n)| *n).collect();
-    assert_eq!(parts, [2, 1, 1, 1, 0]); // queued, in flight, succeeded, failed, cancelled
+    assert_eq!(parts, [2, 1, 1, 1, 0, 0]); // queued, in flight, succeeded, failed, cancelled, uncertain
     assert_eq!(stats.recipients_queued, 4 + 2 + 1);
     assert_eq!(stats.oldest_queued_secs, Some(12.5));
     assert!(stats.db_bytes > 4096, "{}", stats.db_bytes);
@@ -1132,4 +1160,172 @@ async fn a_full_disk_fails_writes_loudly_until_space_returns() {
         2
     );
     assert_counts_match(&dir);
+}
+
+// === reconciling lost answers, uncertain parts, learned keys ===
+
+#[tokio::test]
+async fn a_lost_answer_is_kept_for_the_lookup_until_settled() {
+    let (dir, store) = open();
+    let job = &id(1);
+    store
+        .insert_job(single(job, ALICE, T0))
+        .await
+        .expect("insert");
+    store
+        .mark_in_flight(job, 0, T0 + 5)
+        .await
+        .expect("in flight");
+    // The answer was lost: back in the queue, to be looked up from T0 + 5.
+    let lost = Retry {
+        reconcile_from: Some(T0 + 5),
+        ..retry(None, Some("no response within 2s".into()), T0 + 2000, true)
+    };
+    store
+        .schedule_retry(job, 0, lost, T0 + 10)
+        .await
+        .expect("retry");
+    let left = store.unfinished().await.expect("unfinished");
+    assert_eq!(
+        (left[0].reconcile_from, left[0].blind_resends),
+        (Some(T0 + 5), 0)
+    );
+    assert_eq!(left[0].last_error.as_deref(), Some("no response within 2s"));
+    // The lookup could not tell: one blind resend is recorded before it is sent.
+    store
+        .note_reconcile(job, 0, Some(T0 + 5), 1)
+        .await
+        .expect("note");
+    // The API was unreachable for the lookup: postponed, nothing counted.
+    store
+        .postpone(job, 0, T0 + 9000, Some(T0 + 5), 1, T0 + 20)
+        .await
+        .expect("postpone");
+    let left = store.unfinished().await.expect("unfinished");
+    assert_eq!(
+        (
+            left[0].reconcile_from,
+            left[0].blind_resends,
+            left[0].attempts,
+            left[0].next_attempt_at
+        ),
+        (Some(T0 + 5), 1, 1, Some(T0 + 9000))
+    );
+    // The resend's answer was lost too and the lookup still cannot tell: uncertain.
+    store
+        .finish_part(
+            job,
+            0,
+            PartState::Uncertain,
+            None,
+            Some("lost twice".into()),
+            T0 + 30,
+        )
+        .await
+        .expect("uncertain");
+    let record = store.job(job, ALICE).await.expect("read").expect("exists");
+    assert_eq!(record.state, JobState::Uncertain);
+    assert_eq!(record.counts.uncertain, 1);
+    assert_eq!(record.parts[0].state, PartState::Uncertain);
+    assert!(store.unfinished().await.expect("unfinished").is_empty());
+    assert_counts_match(&dir);
+    // Nothing more may happen to a final part.
+    let wrong = store.postpone(job, 0, T0, None, 0, T0).await;
+    assert!(
+        matches!(wrong, Err(StoreError::WrongState(PartState::Uncertain))),
+        "{wrong:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_postponed_part_of_a_cancelled_job_is_cancelled() {
+    let (dir, store) = open();
+    let job = &id(1);
+    store
+        .insert_job(single(job, ALICE, T0))
+        .await
+        .expect("insert");
+    store.mark_in_flight(job, 0, T0).await.expect("in flight");
+    store.cancel_job(job, ALICE, T0 + 1).await.expect("cancel");
+    store
+        .postpone(job, 0, T0 + 5, None, 0, T0 + 2)
+        .await
+        .expect("postpone");
+    assert_eq!(
+        parts(&store, job, ALICE).await[0].state,
+        PartState::Cancelled
+    );
+    assert_counts_match(&dir);
+}
+
+#[tokio::test]
+async fn learned_key_state_round_trips_and_is_replaced() {
+    let (dir, store) = open();
+    assert!(store.keys().await.expect("keys").is_empty());
+    let mut record = KeyRecord {
+        key: "ab".repeat(32),
+        cooling_until: Some(T0 + 30_000),
+        max_allowed: Some(50_000),
+        available: Some(1_500),
+        last_429: Some(StoredResponse {
+            status: 429,
+            headers: vec![("retry-after".into(), b"30".to_vec())],
+            body: br#"{"error":"Rate limit exceeded"}"#.to_vec(),
+        }),
+        updated_at: T0,
+    };
+    store.save_key(record.clone()).await.expect("save");
+    drop(store);
+    let store = reopen(&dir);
+    assert_eq!(store.keys().await.expect("keys"), [record.clone()]);
+    record.cooling_until = None;
+    record.last_429 = None;
+    record.updated_at = T0 + 1;
+    store.save_key(record.clone()).await.expect("replace");
+    assert_eq!(store.keys().await.expect("keys"), [record]);
+}
+
+#[tokio::test]
+async fn a_version_1_database_is_migrated_in_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    {
+        let store = Store::open(&data, Synchronous::Full).expect("open");
+        store
+            .insert_job(single(&id(1), ALICE, T0))
+            .await
+            .expect("insert");
+        store
+            .mark_in_flight(&id(1), 0, T0)
+            .await
+            .expect("in flight");
+    }
+    // Back to what version 1 had: no new columns, no key table.
+    {
+        let conn = rusqlite::Connection::open(data.join(DB_FILE)).expect("open");
+        conn.execute_batch(
+            "ALTER TABLE parts DROP COLUMN sent_at;
+             ALTER TABLE parts DROP COLUMN reconcile_from;
+             ALTER TABLE parts DROP COLUMN blind_resends;
+             ALTER TABLE jobs DROP COLUMN n_uncertain;
+             DROP TABLE key_state;
+             PRAGMA user_version = 1;",
+        )
+        .expect("downgrade");
+    }
+    let store = Store::open(&data, Synchronous::Full).expect("migrate");
+    let left = store.unfinished().await.expect("unfinished");
+    // In flight before the upgrade, with no record of when: sent again as before.
+    assert_eq!((left.len(), left[0].reconcile_from), (1, None));
+    store
+        .save_key(KeyRecord {
+            key: "cd".repeat(32),
+            cooling_until: None,
+            max_allowed: None,
+            available: None,
+            last_429: None,
+            updated_at: T0,
+        })
+        .await
+        .expect("the key table exists");
 }
