@@ -155,3 +155,104 @@ fn serve_fails_loudly_when_the_store_cannot_be_opened() {
         "{stderr}"
     );
 }
+
+/// What sluice learned about a key survives `kill -9`: killed while a key cools down after
+/// a 429, the restarted binary sends nothing into that key before the API's hint has
+/// passed, and cuts a new bulk job to the `maxAllowed` it learned before the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_cooldown_keeps_the_key_cooling_after_restart() {
+    const MAX: u64 = 1_000;
+    // Nothing drains: the company stays full, so every send during a hint is refused and
+    // counted by the simulator as an early retry.
+    let sim = Running::start(SimConfig {
+        max_pending: MAX,
+        drain_rate: 0.0,
+        retry_after: 6,
+        hint: HintMode::Both,
+        ..SimConfig::default()
+    })
+    .await;
+    let bulk_campaign = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    let single_campaign = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let (status, _, _) =
+        common::sim::bulk(&sim, bulk_campaign, "sms", bulk_body(&phones(0, MAX))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "the company is full");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndata_dir = {:?}\n\
+             [upstream]\nurl = \"http://{}\"\n[retry]\nhint_jitter_ms = 10\n",
+            dir.path().join("data"),
+            sim.addr
+        ),
+    )
+    .unwrap();
+    let (mut first, addr) = spawn(&config);
+    let headers = [
+        ("X-API-Key", KEY),
+        ("Prefer", "respond-async"),
+        ("Content-Type", "application/json"),
+    ];
+    let single = format!("http://{addr}/api/v1/campaigns/{single_campaign}/messages/sms");
+    let (status, _, body) = send(
+        Method::POST,
+        &single,
+        &headers,
+        r#"{"phoneNumber":"38970999001"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job_url = format!(
+        "http://{addr}/sluice/v1/jobs/{}",
+        json(&body)["id"].as_str().unwrap()
+    );
+    // Killed once sluice has recorded the 429 (the part shows it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, job) = send(Method::GET, &job_url, &[("X-API-Key", KEY)], "").await;
+        if json(&job)["parts"][0]["lastStatus"] == 429 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no 429 recorded: {}",
+            json(&job)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.sim.stats().rate_limited, 1);
+    first.kill().expect("SIGKILL");
+    first.wait().expect("reaped");
+
+    let (mut second, addr) = spawn(&config);
+    // A new bulk job is cut to the maxAllowed learned before the kill, at once.
+    let bulk = format!("http://{addr}/api/v1/campaigns/{bulk_campaign}/bulk/sms");
+    let (status, _, body) = send(
+        Method::POST,
+        &bulk,
+        &headers,
+        bulk_body(&phones(10_000, 3 * MAX)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let job = json(&body);
+    assert_eq!(job["parts"].as_array().map(Vec::len), Some(3), "{job}");
+    // The resumed single send goes again only after the hint: its next 429 is not early.
+    wait_until(
+        || sim.sim.stats().rate_limited >= 2,
+        Duration::from_secs(20),
+        "the resumed send tried again after the hint",
+    )
+    .await;
+    second.kill().expect("SIGKILL");
+    second.wait().expect("reaped");
+    let stats = sim.sim.stats();
+    assert_eq!(
+        stats.early_retries, 0,
+        "a send went into a cooling key: {stats:?}"
+    );
+    assert!(stats.max_batch_after_first_429 <= MAX, "{stats:?}");
+}

@@ -197,7 +197,8 @@ async fn save_keys(
     }
 }
 
-fn key_record(id: KeyId, l: Learned, now: i64) -> KeyRecord {
+/// The store's record of what was learned about a key.
+pub(super) fn key_record(id: KeyId, l: Learned, now: i64) -> KeyRecord {
     KeyRecord {
         key: id.full(),
         cooling_until: l.cooling_until,

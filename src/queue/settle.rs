@@ -69,6 +69,13 @@ impl Inner {
             Some(p) => p.rate_limited(wait.duration),
             None => self.keys.cooldowns.on_rate_limited(&a.key, wait.duration),
         }
+        // On disk before the part is: a restart never forgets a cooldown that a part's
+        // record shows it met.
+        let now = now_ms();
+        let learned = self.keys.record(&a.key, now);
+        self.store
+            .save_key(super::key_record(a.key, learned, now))
+            .await?;
         self.metrics
             .retries
             .with_label_values(&["rate_limited"])
