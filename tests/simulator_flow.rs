@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use common::sim::{bulk, bulk_body, call, campaign, phones, text, KEY};
 use common::{json, send, Running};
@@ -24,6 +24,32 @@ async fn statuses(run: &Running, phone: &str) -> Vec<String> {
     list.iter()
         .map(|m| m["status"].as_str().expect("a status").to_owned())
         .collect()
+}
+
+/// Panics unless every name in `names` appears in `body` as a JSON key, in that order.
+fn assert_fields_in_order(body: &str, names: &[&str]) {
+    let at: Vec<usize> = names
+        .iter()
+        .map(|n| {
+            body.find(&format!("\"{n}\":"))
+                .unwrap_or_else(|| panic!("no {n} in {body}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "field order in {body}");
+}
+
+/// Panics unless `value` is an RFC 3339 UTC time with milliseconds, within a minute of
+/// now (wall clock: paused tokio time does not stop it).
+fn assert_recent(value: &Value) {
+    let text = value.as_str().expect("createdAt is a string");
+    assert!(
+        text.len() == 24 && text.ends_with('Z') && text.as_bytes()[19] == b'.',
+        "RFC 3339 with milliseconds in UTC: {text}"
+    );
+    let at = humantime::parse_rfc3339(text).expect("an RFC 3339 time");
+    let now = SystemTime::now();
+    let age = now.duration_since(at).unwrap_or_else(|e| e.duration());
+    assert!(age < Duration::from_secs(60), "{text} is not about now");
 }
 
 async fn counters(run: &Running, id: u64) -> Value {
@@ -119,7 +145,21 @@ async fn full_flow_statuses_move_from_pending_to_delivered() {
     assert_eq!(c["smsFallbackDeliveredCount"], 0);
     let path = "/api/v1/messages?phoneNumber=%2B38970000009";
     let (_, _, body) = call(&run, Method::GET, path, Some(KEY), "").await;
+    assert_fields_in_order(
+        text(&body),
+        &[
+            "messageId",
+            "campaignId",
+            "phoneNumber",
+            "channel",
+            "createdAt",
+            "status",
+            "details",
+            "deliveredViaSmsFallback",
+        ],
+    );
     let failed = &json(&body)[0];
+    assert_recent(&failed["createdAt"]);
     assert_eq!(
         failed["details"],
         json!({"code": 9, "error": "NOT_VIBER_USER"})

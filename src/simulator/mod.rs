@@ -21,13 +21,14 @@
 //! | `POST /api/v1/campaigns/{id}/start` | 200, now InProgress |
 //! | `POST /api/v1/campaigns/{id}/bulk/{sms\|viber}` | 202 `{"campaignId","acceptedCount"}` |
 //! | `POST /api/v1/campaigns/{id}/messages/{sms\|viber}` | 201 `{"messageId","status":"Pending"}` |
-//! | `GET /api/v1/messages?phoneNumber=…[&campaignId=…]` | 200, the messages with statuses |
+//! | `GET /api/v1/messages?phoneNumber=…[&campaignId=…]` | 200, the messages with statuses and `createdAt` |
 //! | `GET /_sim/stats` | 200, [`SimStats`]: the simulator's own endpoint, no key needed |
 //!
 //! Unknown paths get a JSON 404 and known paths with another method a JSON 405. The
 //! messages query answers 400 without `phoneNumber`, the seed's phone 400 for an invalid
 //! one (a leading space counts as the `+` that form decoding turned into one) and 404
-//! for a `campaignId` the key does not own. Ids are decimal integers; message ids are
+//! for a `campaignId` the key does not own. A message's `createdAt` is the wall-clock
+//! time its send was accepted, RFC 3339 UTC with milliseconds. Ids are decimal integers; message ids are
 //! strings (`msg-<company>-<seq>`).
 //!
 //! # Sends

@@ -171,7 +171,9 @@ fn accept(
     phones: &[PhoneKey],
 ) -> Result<Accepted, SendError> {
     let now = Instant::now();
-    let result = sim.state().accept(key, id, kind, phones, now);
+    let result = sim
+        .state()
+        .accept(key, id, kind, phones, now, SystemTime::now());
     let mut stats = sim.stats_mut();
     match &result {
         Ok(a) => stats.accepted(a.count, a.distinct_new, a.duplicates),

@@ -9,6 +9,7 @@
 //! rule) is in `company.rs`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
@@ -232,7 +233,8 @@ impl State {
 
     /// Accepts `phones` for campaign `id` whole, or refuses them whole: the checks of
     /// [`check_send`](Self::check_send), then capacity (`pending + requested` must not
-    /// exceed `max_pending`).
+    /// exceed `max_pending`). `wall` is the wall-clock time the messages list as their
+    /// `createdAt`.
     pub fn accept(
         &mut self,
         key: &str,
@@ -240,6 +242,7 @@ impl State {
         kind: SendKind,
         phones: &[PhoneKey],
         now: Instant,
+        wall: SystemTime,
     ) -> Result<Accepted, SendError> {
         let company = self
             .companies
@@ -263,6 +266,7 @@ impl State {
         let first_seq = company.queue.records().len();
         let (mut distinct_new, mut duplicates) = (0, 0);
         company.queue.reserve(phones.len());
+        company.queue.start_batch(unix_ms(wall));
         for &phone in phones {
             company.queue.push(Record {
                 phone,
@@ -311,6 +315,12 @@ impl State {
             .collect();
         Some(views)
     }
+}
+
+/// Milliseconds since the Unix epoch (0 before it, saturating far after it).
+fn unix_ms(wall: SystemTime) -> u64 {
+    let ms = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
