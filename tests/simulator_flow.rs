@@ -233,6 +233,7 @@ async fn stats_count_duplicates_batches_and_early_retries() {
         max_batch_after_first_429: 40,
         early_retries: 1,
         largest_batch: 80,
+        outages: 0,
     };
     assert_eq!(served, expected);
     assert_eq!(run.sim.stats(), expected);

@@ -45,7 +45,8 @@
 //! in acceptance order; see `state.rs` for the deterministic Viber failure rule.
 //!
 //! # Files
-//! `mod.rs` (config, handle, router), `handlers.rs` (HTTP for everything but sends),
+//! `mod.rs` (config, handle, router), `serve.rs` (the accept loop: outages, connection
+//! resets, graceful shutdown), `handlers.rs` (HTTP for everything but sends),
 //! `send.rs` (the two send endpoints and the 429), `state.rs` (the world, pure logic),
 //! `company.rs` (one company: counters, statuses, outcomes),
 //! `queue.rs` (the capacity model), `model.rs` (resource shapes), `validate.rs`
@@ -57,11 +58,11 @@ mod model;
 mod phone;
 mod queue;
 mod send;
+mod serve;
 mod state;
 mod stats;
 mod validate;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -72,8 +73,10 @@ use axum::routing::{get, post};
 use axum::Router;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use self::serve::serve;
 use self::state::State;
 pub use self::stats::SimStats;
 use self::stats::StatsRecorder;
@@ -130,6 +133,8 @@ struct Inner {
     state: Mutex<State>,
     stats: Mutex<StatsRecorder>,
     rng: Mutex<StdRng>,
+    /// When the outage under way ends (`None`, or a time past: none). [`serve`] watches it.
+    outage: watch::Sender<Option<Instant>>,
 }
 
 /// Largest request body accepted: room for 200000 recipients with variables.
@@ -169,6 +174,7 @@ impl Simulator {
             state: Mutex::new(state),
             stats: Mutex::new(StatsRecorder::default()),
             rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
+            outage: watch::Sender::new(None),
             cfg,
         };
         Self {
@@ -176,7 +182,9 @@ impl Simulator {
         }
     }
 
-    /// The whole API plus `GET /_sim/stats`, ready to serve.
+    /// The whole API plus `GET /_sim/stats`, ready to serve. Outages and connection
+    /// resets need [`serve`]: served any other way, the router answers the requests a
+    /// reset should cut off, and an outage changes nothing.
     pub fn router(&self) -> Router {
         let sends = Router::new()
             .route("/api/v1/campaigns/{id}/bulk/{channel}", post(send::bulk))
@@ -231,6 +239,36 @@ impl Simulator {
         self.state().set_max_pending(n);
     }
 
+    /// Stops listening for `duration` (tokio time) from now: connecting is refused and
+    /// every open connection is closed at once, requests in flight unanswered; then
+    /// [`serve`] listens again on the same address. During an outage this replaces the
+    /// outage's end (`Duration::ZERO` ends it).
+    pub fn start_outage(&self, duration: Duration) {
+        let now = Instant::now();
+        // A century stands for "longer than any test or demo".
+        let until = now
+            .checked_add(duration)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        self.inner.outage.send_replace(Some(until));
+        if !duration.is_zero() {
+            self.stats_mut().outage();
+            tracing::info!(secs = duration.as_secs_f64(), "simulated outage starts");
+        }
+    }
+
+    /// How long the outage under way still lasts (zero when none is).
+    pub fn outage_remaining(&self) -> Duration {
+        let until = *self.inner.outage.borrow();
+        until.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// For [`serve`]: the outage setting, to wait on.
+    fn subscribe_outage(&self) -> watch::Receiver<Option<Instant>> {
+        self.inner.outage.subscribe()
+    }
+
     fn config(&self) -> &SimConfig {
         &self.inner.cfg
     }
@@ -262,16 +300,4 @@ impl Simulator {
             .random();
         draw < p
     }
-}
-
-/// Serves `sim` on `listener` until `shutdown` completes, then finishes the requests in
-/// flight and returns.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    sim: Simulator,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, sim.router())
-        .with_graceful_shutdown(shutdown)
-        .await
 }

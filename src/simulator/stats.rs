@@ -42,6 +42,8 @@ pub struct SimStats {
     pub early_retries: u64,
     /// Largest recipients count of any send request whose body was well-formed.
     pub largest_batch: u64,
+    /// Outages started (`Simulator::start_outage` or the control endpoint).
+    pub outages: u64,
 }
 
 /// Accumulates [`SimStats`] and the per-key 429 notes.
@@ -107,6 +109,11 @@ impl StatsRecorder {
         }
         notes.seen_429 = true;
         notes.hint_until = Some(now + retry_after);
+    }
+
+    /// Counts one outage started.
+    pub fn outage(&mut self) {
+        self.stats.outages += 1;
     }
 
     /// A copy of the counters.
