@@ -13,12 +13,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::sim::{assert_recent, bulk_body, campaign, messages, phones, KEY};
 use common::{json, Running};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
 use sluice::simulator::SimConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
@@ -113,4 +116,179 @@ async fn an_outage_refuses_connections_closes_open_ones_then_listens_again() {
     let body = answer.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(json(&body)["outages"], 1);
     run.stop().await;
+}
+
+/// A single send of `phone` to campaign `id`, with the key.
+fn single(addr: SocketAddr, id: u64, phone: &str) -> Request<Full<Bytes>> {
+    let body = json!({ "phoneNumber": phone }).to_string();
+    Request::post(format!("http://{addr}/api/v1/campaigns/{id}/messages/sms"))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a request")
+}
+
+#[tokio::test]
+async fn a_reset_send_is_accepted_but_never_answered() {
+    let run = Running::start(SimConfig {
+        reset_rate: 1.0,
+        ..SimConfig::default()
+    })
+    .await;
+    // Creating and starting campaigns are not sends: answered as usual.
+    let bulk_id = campaign(&run, KEY, "Bulk", "SMS", true).await;
+    let single_id = campaign(&run, KEY, "Transactional", "SMS", true).await;
+    let to = phones(0, 2);
+
+    // A bulk send on a raw socket: not one byte comes back before the connection ends.
+    let body = bulk_body(&to);
+    let request = format!(
+        "POST /api/v1/campaigns/{bulk_id}/bulk/sms HTTP/1.1\r\nHost: sim\r\nX-API-Key: {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = TcpStream::connect(run.addr).await.expect("a connection");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection to end, not hang");
+    assert!(
+        answer.is_empty(),
+        "no answer at all: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    if let Err(e) = read {
+        assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
+    }
+
+    // A single send on a keep-alive connection: the client sees it end, no response.
+    let mut own = connection(run.addr).await;
+    let sent = timeout(
+        Duration::from_secs(10),
+        own.send_request(single(run.addr, single_id, &to[0])),
+    )
+    .await
+    .expect("the connection to end, not hang");
+    let err = sent.expect_err("no response");
+    assert!(err.is_incomplete_message(), "{err}");
+
+    // Both sends were accepted: their messages are listed with when they were accepted.
+    let stats = run.sim.stats();
+    assert_eq!(
+        (
+            stats.resets,
+            stats.accepted_sends,
+            stats.recipients_accepted
+        ),
+        (2, 2, 3)
+    );
+    assert_eq!(
+        (stats.requests, stats.by_status.get(&202)),
+        (4, None),
+        "resets are not answers: {stats:?}"
+    );
+    let listed = messages(&run, &to[0]).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(
+        (&listed[0]["campaignId"], &listed[1]["campaignId"]),
+        (&json!(bulk_id), &json!(single_id))
+    );
+    for message in &listed {
+        assert_recent(&message["createdAt"]);
+    }
+    assert_eq!(messages(&run, &to[1]).await.len(), 1);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_answer_comes_after_the_delay_its_message_listed_before() {
+    let run = Running::start(SimConfig::default()).await;
+    let id = campaign(&run, KEY, "Transactional", "SMS", true).await;
+    let delay = Duration::from_secs(2);
+    run.sim.set_answer_delay(delay);
+    let to = phones(0, 1).remove(0);
+
+    let started = Instant::now();
+    let mut own = connection(run.addr).await;
+    let request = own.send_request(single(run.addr, id, &to));
+    let answer = tokio::spawn(request);
+    let (run_ref, to_ref) = (&run, to.as_str());
+    eventually(delay, "the message is listed", move || async move {
+        messages(run_ref, to_ref).await.len() == 1
+    })
+    .await;
+    assert!(!answer.is_finished(), "answered before the delay");
+    assert_eq!(run.sim.stats().delayed_answers, 1);
+
+    let response = answer.await.unwrap().expect("an answer, late");
+    assert!(started.elapsed() >= delay, "{:?}", started.elapsed());
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let listed = messages(&run, &to).await;
+    assert_eq!(json(&body)["messageId"], listed[0]["messageId"]);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn an_outage_leaves_a_request_in_flight_unanswered() {
+    let run = Running::start(SimConfig {
+        answer_delay: Duration::from_secs(60),
+        ..SimConfig::default()
+    })
+    .await;
+    let id = campaign(&run, KEY, "Transactional", "SMS", true).await;
+    let to = phones(0, 1).remove(0);
+    let mut own = connection(run.addr).await;
+    let answer = tokio::spawn(own.send_request(single(run.addr, id, &to)));
+    common::wait_until(
+        || run.sim.stats().delayed_answers == 1,
+        Duration::from_secs(10),
+        "the send is processed and its answer held back",
+    )
+    .await;
+
+    run.sim.start_outage(Duration::from_millis(500));
+    let cut = timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("cut off by the outage, not answered after the delay")
+        .unwrap();
+    assert!(cut.is_err(), "no answer: {cut:?}");
+
+    // It had been accepted: once the simulator listens again, the message is listed.
+    let addr = run.addr;
+    eventually(
+        Duration::from_secs(10),
+        "the simulator listens again",
+        || async move { !refused(addr).await },
+    )
+    .await;
+    assert_eq!(messages(&run, &to).await.len(), 1);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_still_delivers_a_late_answer() {
+    let run = Running::start(SimConfig {
+        answer_delay: Duration::from_millis(500),
+        ..SimConfig::default()
+    })
+    .await;
+    let id = campaign(&run, KEY, "Transactional", "SMS", true).await;
+    let (addr, to) = (run.addr, phones(0, 1).remove(0));
+    let mut own = connection(addr).await;
+    let answer = tokio::spawn(own.send_request(single(addr, id, &to)));
+    common::wait_until(
+        || run.sim.stats().delayed_answers == 1,
+        Duration::from_secs(10),
+        "the send is processed and its answer held back",
+    )
+    .await;
+    run.stop().await;
+    let response = answer
+        .await
+        .unwrap()
+        .expect("the answer, despite the shutdown");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert!(refused(addr).await, "nothing listens after the shutdown");
 }

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use common::sim::{bulk, bulk_body, call, campaign, phones, text, KEY};
+use common::sim::{assert_recent, bulk, bulk_body, call, campaign, phones, text, KEY};
 use common::{json, send, Running};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -36,20 +36,6 @@ fn assert_fields_in_order(body: &str, names: &[&str]) {
         })
         .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "field order in {body}");
-}
-
-/// Panics unless `value` is an RFC 3339 UTC time with milliseconds, within a minute of
-/// now (wall clock: paused tokio time does not stop it).
-fn assert_recent(value: &Value) {
-    let text = value.as_str().expect("createdAt is a string");
-    assert!(
-        text.len() == 24 && text.ends_with('Z') && text.as_bytes()[19] == b'.',
-        "RFC 3339 with milliseconds in UTC: {text}"
-    );
-    let at = humantime::parse_rfc3339(text).expect("an RFC 3339 time");
-    let now = SystemTime::now();
-    let age = now.duration_since(at).unwrap_or_else(|e| e.duration());
-    assert!(age < Duration::from_secs(60), "{text} is not about now");
 }
 
 async fn counters(run: &Running, id: u64) -> Value {
@@ -233,6 +219,8 @@ async fn stats_count_duplicates_batches_and_early_retries() {
         max_batch_after_first_429: 40,
         early_retries: 1,
         largest_batch: 80,
+        resets: 0,
+        delayed_answers: 0,
         outages: 0,
     };
     assert_eq!(served, expected);

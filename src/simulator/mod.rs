@@ -39,6 +39,16 @@
 //! take the company over `max_pending` pending messages is refused whole with the seed's
 //! 429 body, its retry hint given as [`HintMode`] says.
 //!
+//! # Faults
+//! Besides injected 500s (`fail_rate`) and `latency`, the simulator stages what a client
+//! of a real API must survive, set in [`SimConfig`] or at run time:
+//! - a connection reset after a send was processed (`reset_rate`): the send is accepted
+//!   (or refused) as usual, then the connection closes without an answer;
+//! - a late answer (`answer_delay`): the send is accepted at once, the answer waits;
+//! - an outage ([`Simulator::start_outage`]): the port closes, open connections drop.
+//!
+//! Resets and outages act on connections, so they need [`serve`].
+//!
 //! # Capacity and statuses
 //! Pending messages drain at `drain_rate` per second of tokio time (so paused-time
 //! tests are exact); see `queue.rs`. Messages go Pending → Sending → Delivered/Failed
@@ -47,12 +57,14 @@
 //! # Files
 //! `mod.rs` (config, handle, router), `serve.rs` (the accept loop: outages, connection
 //! resets, graceful shutdown), `handlers.rs` (HTTP for everything but sends),
-//! `send.rs` (the two send endpoints and the 429), `state.rs` (the world, pure logic),
+//! `send.rs` (the two send endpoints and the 429), `faults.rs` (what a processed send's
+//! answer suffers: delay, reset), `state.rs` (the world, pure logic),
 //! `company.rs` (one company: counters, statuses, outcomes),
 //! `queue.rs` (the capacity model), `model.rs` (resource shapes), `validate.rs`
 //! (request bodies), `phone.rs` (phone numbers), `stats.rs` ([`SimStats`]).
 
 mod company;
+mod faults;
 mod handlers;
 mod model;
 mod phone;
@@ -76,6 +88,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use self::faults::{Fate, SendFaults};
 pub use self::serve::serve;
 use self::state::State;
 pub use self::stats::SimStats;
@@ -103,6 +116,14 @@ pub struct SimConfig {
     pub api_keys: Vec<String>,
     /// Most recipients in one bulk request (default 200000).
     pub max_recipients: usize,
+    /// Probability (0..=1) that a send (bulk or single), once processed (accepted or
+    /// refused as usual), gets its connection closed instead of an answer (default 0).
+    /// Drawn from an RNG seeded by `seed`.
+    pub reset_rate: f64,
+    /// How long a send, once processed, waits before answering: the "accepted, but the
+    /// answer came after the client's timeout" fault (default none). `latency` delays
+    /// before processing; this delays after.
+    pub answer_delay: Duration,
 }
 
 /// How a 429 tells the client when to retry.
@@ -133,6 +154,7 @@ struct Inner {
     state: Mutex<State>,
     stats: Mutex<StatsRecorder>,
     rng: Mutex<StdRng>,
+    faults: Mutex<SendFaults>,
     /// When the outage under way ends (`None`, or a time past: none). [`serve`] watches it.
     outage: watch::Sender<Option<Instant>>,
 }
@@ -154,6 +176,8 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             api_keys: vec!["demo-key".to_string()],
             max_recipients: 200_000,
+            reset_rate: 0.0,
+            answer_delay: Duration::ZERO,
         }
     }
 }
@@ -174,6 +198,7 @@ impl Simulator {
             state: Mutex::new(state),
             stats: Mutex::new(StatsRecorder::default()),
             rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
+            faults: Mutex::new(SendFaults::new(cfg.reset_rate, cfg.answer_delay, cfg.seed)),
             outage: watch::Sender::new(None),
             cfg,
         };
@@ -239,6 +264,17 @@ impl Simulator {
         self.state().set_max_pending(n);
     }
 
+    /// Changes the probability that a processed send's connection is reset instead of
+    /// answered, from the next send on.
+    pub fn set_reset_rate(&self, p: f64) {
+        self.faults().set_reset_rate(p);
+    }
+
+    /// Changes how long a processed send waits before answering, from the next send on.
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.faults().set_answer_delay(delay);
+    }
+
     /// Stops listening for `duration` (tokio time) from now: connecting is refused and
     /// every open connection is closed at once, requests in flight unanswered; then
     /// [`serve`] listens again on the same address. During an outage this replaces the
@@ -279,6 +315,18 @@ impl Simulator {
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn faults(&self) -> MutexGuard<'_, SendFaults> {
+        self.inner
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides what happens to the answer of one processed send.
+    fn send_fate(&self) -> Fate {
+        self.faults().fate()
     }
 
     fn stats_mut(&self) -> MutexGuard<'_, StatsRecorder> {
