@@ -2,8 +2,9 @@
 //! ones closed, then the same address again), connection resets after a send was
 //! accepted, late answers, capacity flips and the control endpoint.
 //!
-//! Durations here are short and real (a socket cannot follow paused time); state is
-//! never waited for with a sleep, only polled for with a bounded wait.
+//! Durations here are short and real where the simulator arms timers of its own (an
+//! outage, a late answer), and paused where it does not (capacity flips); state is never
+//! waited for with a sleep, only polled for with a bounded wait.
 
 mod common;
 
@@ -13,9 +14,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::sim::{assert_recent, bulk_body, campaign, messages, phones, KEY};
+use common::sim::{assert_recent, bulk_body, call, campaign, messages, phones, KEY};
 use common::{json, Running};
-use http::{Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -291,4 +292,48 @@ async fn graceful_shutdown_still_delivers_a_late_answer() {
         .expect("the answer, despite the shutdown");
     assert_eq!(response.status(), StatusCode::CREATED);
     assert!(refused(addr).await, "nothing listens after the shutdown");
+}
+
+// Paused time over sockets: nothing in the server or the client arms a timer here, so
+// the clock moves only when the test advances it.
+#[tokio::test(start_paused = true)]
+async fn capacity_flips_alternate_201_and_429_by_period() {
+    let period = Duration::from_secs(10);
+    let run = Running::start(SimConfig {
+        retry_after: 7,
+        capacity_flip: Some(period),
+        ..SimConfig::default()
+    })
+    .await;
+    let id = campaign(&run, KEY, "Transactional", "SMS", true).await;
+    let path = format!("/api/v1/campaigns/{id}/messages/sms");
+    let mut seen = Vec::new();
+    for n in 0..5 {
+        let body = json!({ "phoneNumber": phones(n, 1)[0] }).to_string();
+        let (status, headers, body) = call(&run, Method::POST, &path, Some(KEY), body).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(headers["retry-after"], "7");
+            let expected = json!({"error": "Rate limit exceeded",
+                "message": "Too many pending messages. You have 50000 pending messages and \
+                            requested 1 more. Maximum allowed: 50000. Available capacity: 0.",
+                "currentPending": 50000, "requestedCount": 1, "maxAllowed": 50000,
+                "availableCapacity": 0, "retryAfterSeconds": 7});
+            assert_eq!(json(&body), expected);
+        }
+        seen.push(status.as_u16());
+        tokio::time::advance(period).await;
+    }
+    assert_eq!(seen, [201, 429, 201, 429, 201]);
+    let stats = run.sim.stats();
+    assert_eq!((stats.accepted_sends, stats.rate_limited), (3, 2));
+
+    run.sim.set_capacity_flip(None);
+    let body = json!({ "phoneNumber": phones(9, 1)[0] }).to_string();
+    let (status, _, _) = call(&run, Method::POST, &path, Some(KEY), body).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "flips off: the full period is over"
+    );
+    run.stop().await;
 }

@@ -1,12 +1,16 @@
-//! The faults the send endpoints stage after processing a send, as pure decisions: should
-//! this answer be late (`answer_delay`), should its connection be reset instead
-//! (`reset_rate`, drawn from a seeded RNG). `send.rs` applies them; `serve.rs` turns a
-//! reset into a dropped connection.
+//! The faults the send endpoints stage, as pure decisions:
+//!
+//! - after processing a send: should its answer be late (`answer_delay`), should its
+//!   connection be reset instead (`reset_rate`, drawn from a seeded RNG). `send.rs`
+//!   applies them; `serve.rs` turns a reset into a dropped connection;
+//! - capacity flips ([`CapacityFlip`]): whether every company is full right now.
+//!   `state.rs` refuses sends with the 429 while it is.
 
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
 
 /// The run-time settings of the send faults, with the RNG the resets are drawn from.
 #[derive(Debug)]
@@ -27,6 +31,14 @@ pub struct Fate {
     pub delay: Duration,
     /// Drop the connection instead of answering (after the delay).
     pub reset: bool,
+}
+
+/// Time cut into periods of one length from `start`: in every other period (the second,
+/// the fourth, …) every company is full; in the others capacity is as usual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapacityFlip {
+    period: Duration,
+    start: Instant,
 }
 
 /// Mixed into the configured seed for the reset RNG.
@@ -63,6 +75,21 @@ impl SendFaults {
     }
 }
 
+// === impl CapacityFlip ===
+
+impl CapacityFlip {
+    /// Flips every `period` from `start`; `None` for a zero period (no flips).
+    pub fn new(period: Duration, start: Instant) -> Option<Self> {
+        (!period.is_zero()).then_some(Self { period, start })
+    }
+
+    /// True in the full periods: the second, the fourth, … counted from `start`.
+    pub fn full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.start).as_nanos();
+        (elapsed / self.period.as_nanos()) % 2 == 1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +112,19 @@ mod tests {
         assert_ne!(a, c, "another seed, another sequence");
         let count = a.iter().filter(|r| **r).count();
         assert!((60..=140).contains(&count), "about half of 200: {count}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn capacity_flips_every_period_starting_open() {
+        let start = Instant::now();
+        let flip = CapacityFlip::new(Duration::from_secs(10), start).unwrap();
+        let at = |ms: u64| flip.full(start + Duration::from_millis(ms));
+        let full: Vec<bool> = [0, 9_999, 10_000, 19_999, 20_000, 29_999, 30_000, 39_999]
+            .into_iter()
+            .map(at)
+            .collect();
+        assert_eq!(full, [false, false, true, true, false, false, true, true]);
+        assert_eq!(CapacityFlip::new(Duration::ZERO, start), None);
     }
 
     #[test]

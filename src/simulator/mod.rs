@@ -45,7 +45,9 @@
 //! - a connection reset after a send was processed (`reset_rate`): the send is accepted
 //!   (or refused) as usual, then the connection closes without an answer;
 //! - a late answer (`answer_delay`): the send is accepted at once, the answer waits;
-//! - an outage ([`Simulator::start_outage`]): the port closes, open connections drop.
+//! - an outage ([`Simulator::start_outage`]): the port closes, open connections drop;
+//! - capacity flips (`capacity_flip`): every other period, every company is full and
+//!   every send gets the 429 (`currentPending` = `maxAllowed`, no available capacity).
 //!
 //! Resets and outages act on connections, so they need [`serve`].
 //!
@@ -58,7 +60,7 @@
 //! `mod.rs` (config, handle, router), `serve.rs` (the accept loop: outages, connection
 //! resets, graceful shutdown), `handlers.rs` (HTTP for everything but sends),
 //! `send.rs` (the two send endpoints and the 429), `faults.rs` (what a processed send's
-//! answer suffers: delay, reset), `state.rs` (the world, pure logic),
+//! answer suffers: delay, reset; capacity flips), `state.rs` (the world, pure logic),
 //! `company.rs` (one company: counters, statuses, outcomes),
 //! `queue.rs` (the capacity model), `model.rs` (resource shapes), `validate.rs`
 //! (request bodies), `phone.rs` (phone numbers), `stats.rs` ([`SimStats`]).
@@ -124,6 +126,10 @@ pub struct SimConfig {
     /// answer came after the client's timeout" fault (default none). `latency` delays
     /// before processing; this delays after.
     pub answer_delay: Duration,
+    /// Capacity flips: time (tokio) is cut into periods of this length from the start,
+    /// and in every other period (the second, fourth, …) every company is full, so any
+    /// send is refused with the 429 (default none).
+    pub capacity_flip: Option<Duration>,
 }
 
 /// How a 429 tells the client when to retry.
@@ -178,6 +184,7 @@ impl Default for SimConfig {
             max_recipients: 200_000,
             reset_rate: 0.0,
             answer_delay: Duration::ZERO,
+            capacity_flip: None,
         }
     }
 }
@@ -187,12 +194,9 @@ impl Default for SimConfig {
 impl Simulator {
     /// A fresh world: one empty company per configured key.
     pub fn new(cfg: SimConfig) -> Self {
-        let state = State::new(
-            &cfg.api_keys,
-            cfg.max_pending,
-            cfg.drain_rate,
-            Instant::now(),
-        );
+        let now = Instant::now();
+        let mut state = State::new(&cfg.api_keys, cfg.max_pending, cfg.drain_rate, now);
+        state.set_capacity_flip(cfg.capacity_flip, now);
         let inner = Inner {
             fail_rate: AtomicU64::new(cfg.fail_rate.to_bits()),
             state: Mutex::new(state),
@@ -262,6 +266,12 @@ impl Simulator {
     /// Changes `maxAllowed` for every company from the next send on.
     pub fn set_max_pending(&self, n: u64) {
         self.state().set_max_pending(n);
+    }
+
+    /// Starts capacity flips with periods of `period` from now (replacing any under way);
+    /// `None` or zero turns them off.
+    pub fn set_capacity_flip(&self, period: Option<Duration>) {
+        self.state().set_capacity_flip(period, Instant::now());
     }
 
     /// Changes the probability that a processed send's connection is reset instead of

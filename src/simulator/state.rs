@@ -9,11 +9,12 @@
 //! rule) is in `company.rs`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
 use super::company::{message_id, Campaign, Company};
+use super::faults::CapacityFlip;
 use super::model::{
     CampaignStatus, CampaignType, CampaignView, Channel, Id, MessageView, Template,
 };
@@ -30,6 +31,8 @@ pub struct State {
     next_template: Id,
     next_campaign: Id,
     max_pending: u64,
+    /// While it says full, every send is refused as if every company were at `max_pending`.
+    flip: Option<CapacityFlip>,
 }
 
 /// A campaign to create, from a validated `POST /api/v1/campaigns` body.
@@ -101,6 +104,7 @@ impl State {
             next_template: 1,
             next_campaign: 1,
             max_pending,
+            flip: None,
         }
     }
 
@@ -112,6 +116,11 @@ impl State {
     /// Changes `maxAllowed` for every company from now on.
     pub fn set_max_pending(&mut self, max: u64) {
         self.max_pending = max;
+    }
+
+    /// Capacity flips every `period` from `now` on (`None` or zero: never).
+    pub fn set_capacity_flip(&mut self, period: Option<Duration>, now: Instant) {
+        self.flip = period.and_then(|p| CapacityFlip::new(p, now));
     }
 
     /// The company's pending messages as of `now`, rounded down.
@@ -233,8 +242,9 @@ impl State {
 
     /// Accepts `phones` for campaign `id` whole, or refuses them whole: the checks of
     /// [`check_send`](Self::check_send), then capacity (`pending + requested` must not
-    /// exceed `max_pending`). `wall` is the wall-clock time the messages list as their
-    /// `createdAt`.
+    /// exceed `max_pending`; during a full period of the capacity flips, nothing fits and
+    /// the company counts as `max_pending` pending). `wall` is the wall-clock time the
+    /// messages list as their `createdAt`.
     pub fn accept(
         &mut self,
         key: &str,
@@ -250,8 +260,15 @@ impl State {
             .ok_or(SendError::CampaignNotFound)?;
         company.check_send(id, kind)?;
         company.advance(now);
-        let pending = company.queue.pending();
         let requested = phones.len() as u64;
+        if self.flip.is_some_and(|flip| flip.full(now)) {
+            return Err(SendError::OverCapacity {
+                pending: self.max_pending,
+                requested,
+                max_allowed: self.max_pending,
+            });
+        }
+        let pending = company.queue.pending();
         if pending.saturating_add(requested) > self.max_pending {
             return Err(SendError::OverCapacity {
                 pending,

@@ -146,6 +146,34 @@ async fn lowering_max_pending_applies_to_the_next_send() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn capacity_flips_refuse_everything_every_other_period() {
+    let mut s = world(100, 0.0);
+    let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
+    let period = Duration::from_secs(10);
+    s.set_capacity_flip(Some(period), Instant::now());
+    let send = |s: &mut State, n| s.accept(A, id, BULK_SMS, &phones(n), Instant::now(), wall());
+    assert!(send(&mut s, 10).is_ok(), "the first period is open");
+    advance(period).await;
+    let full = SendError::OverCapacity {
+        pending: 100,
+        requested: 1,
+        max_allowed: 100,
+    };
+    assert_eq!(send(&mut s, 1), Err(full));
+    advance(period).await;
+    assert!(send(&mut s, 10).is_ok(), "open again");
+    assert_eq!(
+        s.pending(A, Instant::now()),
+        Some(20),
+        "as usual in open periods"
+    );
+    advance(period).await;
+    assert!(send(&mut s, 1).is_err());
+    s.set_capacity_flip(None, Instant::now());
+    assert!(send(&mut s, 1).is_ok(), "flips off");
+}
+
+#[tokio::test(start_paused = true)]
 async fn statuses_and_counters_move_with_time() {
     let mut s = world(1000, 10.0); // Sending window: 5 messages
     let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
