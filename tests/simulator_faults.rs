@@ -14,13 +14,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::sim::{assert_recent, bulk_body, call, campaign, messages, phones, KEY};
+use common::sim::{assert_recent, bulk, bulk_body, call, campaign, messages, phones, KEY};
 use common::{json, Running};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use serde_json::json;
+use serde_json::{json, Value};
 use sluice::simulator::SimConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -335,5 +335,105 @@ async fn capacity_flips_alternate_201_and_429_by_period() {
         StatusCode::CREATED,
         "flips off: the full period is over"
     );
+    run.stop().await;
+}
+
+/// `POST /_sim/control` with `body`: the status and the JSON answer.
+async fn control(run: &Running, body: Value) -> (StatusCode, Value) {
+    let url = run.url("/_sim/control");
+    let (status, _, answer) = common::send(Method::POST, &url, &[], body.to_string()).await;
+    (status, json(&answer))
+}
+
+#[tokio::test]
+async fn the_control_endpoint_applies_and_reports_settings() {
+    let run = Running::start(SimConfig {
+        drain_rate: 0.0,
+        ..SimConfig::default()
+    })
+    .await;
+    let url = run.url("/_sim/control");
+    let (status, _, body) = common::send(Method::GET, &url, &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    let defaults = json!({"outageRemainingSecs": 0.0, "resetRate": 0.0, "answerDelayMs": 0,
+        "capacityFlipSecs": null, "failRate": 0.0, "maxPending": 50000});
+    assert_eq!(json(&body), defaults);
+
+    let change = json!({"resetRate": 0.25, "answerDelayMs": 300, "capacityFlipSecs": 30,
+        "failRate": 0.0, "maxPending": 5});
+    let (status, settings) = control(&run, change).await;
+    assert_eq!(status, StatusCode::OK);
+    let changed = json!({"outageRemainingSecs": 0.0, "resetRate": 0.25, "answerDelayMs": 300,
+        "capacityFlipSecs": 30.0, "failRate": 0.0, "maxPending": 5});
+    assert_eq!(settings, changed);
+
+    // Applied: the next send waits 300 ms and meets the new maxAllowed (the first flip
+    // period is open).
+    let (_, settings) = control(&run, json!({"resetRate": 0})).await;
+    assert_eq!(settings["answerDelayMs"], 300, "what is not given stays");
+    let id = campaign(&run, KEY, "Bulk", "SMS", true).await;
+    let started = Instant::now();
+    let (status, _, body) = bulk(&run, id, "sms", bulk_body(&phones(0, 6))).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json(&body)["maxAllowed"], 5);
+    assert_eq!(run.sim.stats().delayed_answers, 1);
+
+    // `null` (or 0) turns the flips off.
+    let (_, settings) = control(&run, json!({"capacityFlipSecs": null})).await;
+    assert_eq!(settings["capacityFlipSecs"], Value::Null);
+    let (_, settings) = control(&run, json!({"capacityFlipSecs": 5})).await;
+    assert_eq!(settings["capacityFlipSecs"], 5.0);
+    let (_, settings) = control(&run, json!({"capacityFlipSecs": 0})).await;
+    assert_eq!(settings["capacityFlipSecs"], Value::Null);
+
+    // Unknown fields and bad values are refused in the API's envelope; nothing changes.
+    let (status, refused) = control(&run, json!({"maxPending": 9, "bogus": 1})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["error"], "Bad Request");
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("unknown field `bogus`"), "{message}");
+    let (status, refused) = control(&run, json!({"maxPending": 9, "resetRate": 2})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let expected = json!({"error": "Bad Request", "message": "Invalid control settings",
+        "validationErrors": {"resetRate": "must be a number from 0 to 1"}});
+    assert_eq!(refused, expected);
+    let (status, _, body) = common::send(Method::GET, &url, &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["maxPending"], 5);
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn an_outage_from_the_control_endpoint_starts_once_it_has_answered() {
+    let run = Running::start(SimConfig::default()).await;
+    let addr = run.addr;
+    let mut own = connection(addr).await;
+    let request = Request::post(format!("http://{addr}/_sim/control"))
+        .body(Full::new(Bytes::from(r#"{"outageSecs": 2}"#)))
+        .unwrap();
+    let response = own.send_request(request).await.expect("the answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    // The answer says its connection ends there: the outage waits for that.
+    assert_eq!(response.headers()["connection"], "close");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(json(&body)["outageRemainingSecs"], 2.0);
+    let ready = timeout(Duration::from_secs(2), own.ready()).await;
+    assert!(
+        matches!(ready, Ok(Err(_))),
+        "the connection closed: {ready:?}"
+    );
+
+    eventually(Duration::from_secs(2), "connecting is refused", || {
+        refused(addr)
+    })
+    .await;
+    assert_eq!(run.sim.stats().outages, 1);
+    eventually(
+        Duration::from_secs(10),
+        "the simulator listens again",
+        || async move { !refused(addr).await },
+    )
+    .await;
     run.stop().await;
 }

@@ -56,6 +56,14 @@ impl SendFaults {
         }
     }
 
+    pub fn reset_rate(&self) -> f64 {
+        self.reset_rate
+    }
+
+    pub fn answer_delay(&self) -> Duration {
+        self.answer_delay
+    }
+
     pub fn set_reset_rate(&mut self, p: f64) {
         self.reset_rate = p;
     }
@@ -81,6 +89,10 @@ impl CapacityFlip {
     /// Flips every `period` from `start`; `None` for a zero period (no flips).
     pub fn new(period: Duration, start: Instant) -> Option<Self> {
         (!period.is_zero()).then_some(Self { period, start })
+    }
+
+    pub fn period(&self) -> Duration {
+        self.period
     }
 
     /// True in the full periods: the second, the fourth, … counted from `start`.
@@ -124,6 +136,7 @@ mod tests {
             .map(at)
             .collect();
         assert_eq!(full, [false, false, true, true, false, false, true, true]);
+        assert_eq!(flip.period(), Duration::from_secs(10));
         assert_eq!(CapacityFlip::new(Duration::ZERO, start), None);
     }
 
@@ -134,5 +147,6 @@ mod tests {
         faults.set_answer_delay(delay);
         faults.set_reset_rate(1.0);
         assert_eq!(faults.fate(), Fate { delay, reset: true });
+        assert_eq!((faults.reset_rate(), faults.answer_delay()), (1.0, delay));
     }
 }

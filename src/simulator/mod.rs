@@ -23,21 +23,23 @@
 //! | `POST /api/v1/campaigns/{id}/messages/{sms\|viber}` | 201 `{"messageId","status":"Pending"}` |
 //! | `GET /api/v1/messages?phoneNumber=…[&campaignId=…]` | 200, the messages with statuses and `createdAt` |
 //! | `GET /_sim/stats` | 200, [`SimStats`]: the simulator's own endpoint, no key needed |
+//! | `GET`, `POST /_sim/control` | 200, the run-time settings; `POST` changes them (see `control.rs`); no key |
 //!
 //! Unknown paths get a JSON 404 and known paths with another method a JSON 405. The
 //! messages query answers 400 without `phoneNumber`, the seed's phone 400 for an invalid
 //! one (a leading space counts as the `+` that form decoding turned into one) and 404
 //! for a `campaignId` the key does not own. A message's `createdAt` is the wall-clock
-//! time its send was accepted, RFC 3339 UTC with milliseconds. Ids are decimal integers; message ids are
-//! strings (`msg-<company>-<seq>`).
+//! time its send was accepted, RFC 3339 UTC with milliseconds. Ids are decimal
+//! integers; message ids are strings (`msg-<company>-<seq>`).
 //!
 //! # Sends
 //! Checks run in this order: API key; injected failure (`fail_rate`: a 500, nothing
 //! accepted); campaign exists and is the key's (404); campaign InProgress; endpoint type
 //! matches the campaign (bulk vs transactional); channel matches; body well-formed;
 //! at most `max_recipients`; every phone number valid; then capacity. A send that would
-//! take the company over `max_pending` pending messages is refused whole with the seed's
-//! 429 body, its retry hint given as [`HintMode`] says.
+//! take the company over `max_pending` pending messages (or any send during a full
+//! period of the capacity flips) is refused whole with the seed's 429 body, its retry
+//! hint given as [`HintMode`] says.
 //!
 //! # Faults
 //! Besides injected 500s (`fail_rate`) and `latency`, the simulator stages what a client
@@ -49,6 +51,9 @@
 //! - capacity flips (`capacity_flip`): every other period, every company is full and
 //!   every send gets the 429 (`currentPending` = `maxAllowed`, no available capacity).
 //!
+//! `POST /_sim/control` changes all of them (and `fail_rate`, `max_pending`) at run
+//! time, as do [`Simulator`]'s `set_…` methods and [`Simulator::start_outage`].
+//!
 //! Resets and outages act on connections, so they need [`serve`].
 //!
 //! # Capacity and statuses
@@ -57,15 +62,18 @@
 //! in acceptance order; see `state.rs` for the deterministic Viber failure rule.
 //!
 //! # Files
-//! `mod.rs` (config, handle, router), `serve.rs` (the accept loop: outages, connection
-//! resets, graceful shutdown), `handlers.rs` (HTTP for everything but sends),
-//! `send.rs` (the two send endpoints and the 429), `faults.rs` (what a processed send's
-//! answer suffers: delay, reset; capacity flips), `state.rs` (the world, pure logic),
-//! `company.rs` (one company: counters, statuses, outcomes),
-//! `queue.rs` (the capacity model), `model.rs` (resource shapes), `validate.rs`
-//! (request bodies), `phone.rs` (phone numbers), `stats.rs` ([`SimStats`]).
+//! - `mod.rs`: config, the [`Simulator`] handle and its run-time setters, the router;
+//! - `serve.rs`: the accept loop ([`serve`]): outages, connection resets, shutdown;
+//! - `handlers.rs`: HTTP for everything but sends; `send.rs`: the two send endpoints
+//!   and the 429; `control.rs`: `/_sim/control`;
+//! - `faults.rs`: what a processed send's answer suffers (delay, reset), capacity flips;
+//! - `state.rs`: the world, pure logic; `company.rs`: one company (counters, statuses,
+//!   outcomes); `queue.rs`: the capacity model and creation times;
+//! - `model.rs`: resource shapes; `validate.rs`: request bodies; `phone.rs`: phone
+//!   numbers; `stats.rs`: [`SimStats`].
 
 mod company;
+mod control;
 mod faults;
 mod handlers;
 mod model;
@@ -211,7 +219,7 @@ impl Simulator {
         }
     }
 
-    /// The whole API plus `GET /_sim/stats`, ready to serve. Outages and connection
+    /// The whole API plus `/_sim/stats` and `/_sim/control`, ready to serve. Outages and connection
     /// resets need [`serve`]: served any other way, the router answers the requests a
     /// reset should cut off, and an outage changes nothing.
     pub fn router(&self) -> Router {
@@ -249,6 +257,7 @@ impl Simulator {
             .layer(DefaultBodyLimit::max(BODY_LIMIT));
         Router::new()
             .route("/_sim/stats", get(handlers::stats))
+            .route("/_sim/control", get(control::show).post(control::apply))
             .merge(api)
             .with_state(self.clone())
     }
@@ -315,6 +324,23 @@ impl Simulator {
         self.inner.outage.subscribe()
     }
 
+    /// The probability of an injected 500.
+    fn fail_rate(&self) -> f64 {
+        f64::from_bits(self.inner.fail_rate.load(Ordering::Relaxed))
+    }
+
+    /// `(reset_rate, answer_delay)` as set.
+    fn send_fault_settings(&self) -> (f64, Duration) {
+        let faults = self.faults();
+        (faults.reset_rate(), faults.answer_delay())
+    }
+
+    /// `(max_pending, capacity flip period)` as set.
+    fn capacity_settings(&self) -> (u64, Option<Duration>) {
+        let state = self.state();
+        (state.max_pending(), state.capacity_flip())
+    }
+
     fn config(&self) -> &SimConfig {
         &self.inner.cfg
     }
@@ -349,7 +375,7 @@ impl Simulator {
     /// Draws once from the seeded RNG: true when this request gets an injected 500.
     /// Every authenticated request draws, so a seed gives one sequence of outcomes.
     fn inject_failure(&self) -> bool {
-        let p = f64::from_bits(self.inner.fail_rate.load(Ordering::Relaxed));
+        let p = self.fail_rate();
         let draw: f64 = self
             .inner
             .rng

@@ -9,8 +9,9 @@
 //!   a service error, on which hyper drops the connection without writing anything
 //!   (over HTTP/2 it resets the stream).
 //! - **Outage after an answer**: a response marked with [`OutageAfterAnswer`] (by the
-//!   control endpoint) is written, its connection then closes gracefully, and only then
-//!   does the outage start, so that the answer is not lost to the outage it announces.
+//!   control endpoint) is written (over HTTP/1 with `Connection: close`), its connection
+//!   then closes gracefully, and only then does the outage start, so that the answer is
+//!   not lost to the outage it announces.
 //!
 //! Graceful shutdown is as `axum::serve`'s: the listener closes, idle connections close,
 //! requests in flight finish, then [`serve`] returns.
@@ -25,6 +26,7 @@ use std::time::Duration;
 use axum::extract::Request;
 use axum::response::Response;
 use axum::Router;
+use http::{header, HeaderValue, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -104,9 +106,8 @@ pub async fn serve(
     let mut listener = Some(listener);
     'serve: loop {
         if let Some(until) = active_outage(&mut outage) {
-            if listener.take().is_some() {
-                tracing::info!(%addr, "simulated outage: not listening");
-            }
+            // An outage begun before `serve` first listened.
+            listener = None;
             tokio::select! {
                 () = &mut shutdown => break 'serve,
                 () = tokio::time::sleep_until(until) => {}
@@ -130,6 +131,7 @@ pub async fn serve(
                 () = changed(&mut outage) => {
                     if active_outage(&mut outage).is_some() {
                         epoch.cancel();
+                        tracing::info!(%addr, "simulated outage: not listening, connections dropped");
                         continue 'serve;
                     }
                 }
@@ -235,6 +237,7 @@ impl hyper::service::Service<Request<Incoming>> for FaultService {
     type Future = Pin<Box<dyn Future<Output = Result<Response, SimulatedReset>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < Version::HTTP_2;
         let answer = self.router.call(req);
         let conn = Arc::clone(&self.conn);
         Box::pin(async move {
@@ -250,6 +253,11 @@ impl hyper::service::Service<Request<Incoming>> for FaultService {
                 return Err(SimulatedReset);
             }
             if let Some(OutageAfterAnswer(duration)) = response.extensions_mut().remove() {
+                if http1 {
+                    // Tells the client, and hyper, that this connection ends here.
+                    let close = HeaderValue::from_static("close");
+                    response.headers_mut().insert(header::CONNECTION, close);
+                }
                 conn.outage_after_close(duration);
             }
             Ok(response)

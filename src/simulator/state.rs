@@ -118,9 +118,19 @@ impl State {
         self.max_pending = max;
     }
 
+    /// `maxAllowed`, as set.
+    pub fn max_pending(&self) -> u64 {
+        self.max_pending
+    }
+
     /// Capacity flips every `period` from `now` on (`None` or zero: never).
     pub fn set_capacity_flip(&mut self, period: Option<Duration>, now: Instant) {
         self.flip = period.and_then(|p| CapacityFlip::new(p, now));
+    }
+
+    /// The period of the capacity flips, if they are on.
+    pub fn capacity_flip(&self) -> Option<Duration> {
+        self.flip.map(|f| f.period())
     }
 
     /// The company's pending messages as of `now`, rounded down.

@@ -151,6 +151,7 @@ async fn capacity_flips_refuse_everything_every_other_period() {
     let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
     let period = Duration::from_secs(10);
     s.set_capacity_flip(Some(period), Instant::now());
+    assert_eq!(s.capacity_flip(), Some(period));
     let send = |s: &mut State, n| s.accept(A, id, BULK_SMS, &phones(n), Instant::now(), wall());
     assert!(send(&mut s, 10).is_ok(), "the first period is open");
     advance(period).await;
@@ -170,6 +171,7 @@ async fn capacity_flips_refuse_everything_every_other_period() {
     advance(period).await;
     assert!(send(&mut s, 1).is_err());
     s.set_capacity_flip(None, Instant::now());
+    assert_eq!(s.capacity_flip(), None);
     assert!(send(&mut s, 1).is_ok(), "flips off");
 }
 
