@@ -38,6 +38,12 @@ pub fn sim_config(args: &SimulateArgs) -> SimConfig {
         seed: args.seed,
         latency: Duration::from_millis(args.latency_ms),
         api_keys: args.api_keys.clone(),
+        reset_rate: args.reset_rate,
+        answer_delay: Duration::from_millis(args.answer_delay_ms),
+        capacity_flip: args
+            .capacity_flip_secs
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .filter(|period| !period.is_zero()),
         ..SimConfig::default()
     }
 }
