@@ -90,6 +90,17 @@ pub struct SimulateArgs {
     /// Latency added to every answer, in milliseconds.
     #[arg(long, env = "SLUICE_SIM_LATENCY_MS", default_value_t = 0)]
     pub latency_ms: u64,
+    /// Probability (0 to 1) that a send, once processed (accepted or refused), gets its
+    /// connection closed instead of an answer.
+    #[arg(long, env = "SLUICE_SIM_RESET_RATE", default_value_t = 0.0, value_parser = probability)]
+    pub reset_rate: f64,
+    /// Milliseconds a send, once processed (accepted), waits before answering.
+    #[arg(long, env = "SLUICE_SIM_ANSWER_DELAY_MS", default_value_t = 0)]
+    pub answer_delay_ms: u64,
+    /// Capacity flips: in every other period of this many seconds, every company is full
+    /// and every send gets the 429 (0 or absent: off).
+    #[arg(long, env = "SLUICE_SIM_CAPACITY_FLIP_SECS", value_parser = seconds)]
+    pub capacity_flip_secs: Option<f64>,
     /// A valid API key (repeat for several companies; env: comma-separated).
     #[arg(
         long = "api-key",
@@ -120,6 +131,22 @@ pub struct DemoArgs {
     pub data_dir: PathBuf,
 }
 
+/// A probability: a number from 0 to 1.
+fn probability(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{text:?} is not a number from 0 to 1")),
+    }
+}
+
+/// A number of seconds, 0 or more, that a `Duration` can hold.
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if std::time::Duration::try_from_secs_f64(s).is_ok() => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds, 0 or more")),
+    }
+}
+
 // === impl ServeArgs ===
 
 impl ServeArgs {
@@ -142,12 +169,54 @@ impl ServeArgs {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use clap::CommandFactory;
 
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn simulate_fault_flags_reach_the_simulator_config() {
+        let parse = |extra: &[&str]| {
+            let args = ["sluice", "simulate"].iter().chain(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(Command::Simulate(args)) => Ok(crate::demo::sim_config(&args)),
+                Ok(_) => panic!("not simulate"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.reset_rate, 0.0);
+        assert_eq!(defaults.answer_delay, Duration::ZERO);
+        assert_eq!(defaults.capacity_flip, None);
+
+        let set = parse(&[
+            "--reset-rate",
+            "0.2",
+            "--answer-delay-ms",
+            "1500",
+            "--capacity-flip-secs",
+            "2.5",
+        ])
+        .unwrap();
+        assert_eq!(set.reset_rate, 0.2);
+        assert_eq!(set.answer_delay, Duration::from_millis(1500));
+        assert_eq!(set.capacity_flip, Some(Duration::from_millis(2500)));
+        let off = parse(&["--capacity-flip-secs", "0"]).unwrap();
+        assert_eq!(off.capacity_flip, None);
+
+        for bad in [
+            ["--reset-rate", "1.5"],
+            ["--reset-rate", "x"],
+            ["--capacity-flip-secs", "-1"],
+        ] {
+            let err = parse(&bad).unwrap_err();
+            assert!(err.contains(bad[1]), "{err}");
+        }
     }
 
     #[test]

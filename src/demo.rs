@@ -38,6 +38,12 @@ pub fn sim_config(args: &SimulateArgs) -> SimConfig {
         seed: args.seed,
         latency: Duration::from_millis(args.latency_ms),
         api_keys: args.api_keys.clone(),
+        reset_rate: args.reset_rate,
+        answer_delay: Duration::from_millis(args.answer_delay_ms),
+        capacity_flip: args
+            .capacity_flip_secs
+            .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+            .filter(|period| !period.is_zero()),
         ..SimConfig::default()
     }
 }
@@ -221,6 +227,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
     println!("  curl -s {admin}/metrics | grep -E '^sluice_(upstream_rate_limited|retries|queue_parts_split|queue_recipients_delivered)'");
     println!("  curl -s {proxy}{bulk} -H 'X-API-Key: {DEMO_KEY}' -H 'Content-Type: application/json' -d '{{\"recipients\":[\"38970123456\",\"123\"]}}'   # refused by sluice itself, in the API's own 400");
     println!("  curl -s {sim_url}/_sim/stats");
+    println!("  curl -s {sim_url}/_sim/control -d '{{\"outageSecs\": 5}}'   # stage a fault in the API: 5 s outage (also resetRate, answerDelayMs, capacityFlipSecs)");
     println!("\nCtrl-C to stop.");
 
     shutdown.cancelled().await;

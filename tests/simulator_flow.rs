@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::sim::{bulk, bulk_body, call, campaign, phones, text, KEY};
+use common::sim::{assert_recent, bulk, bulk_body, call, campaign, phones, text, KEY};
 use common::{json, send, Running};
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -24,6 +24,18 @@ async fn statuses(run: &Running, phone: &str) -> Vec<String> {
     list.iter()
         .map(|m| m["status"].as_str().expect("a status").to_owned())
         .collect()
+}
+
+/// Panics unless every name in `names` appears in `body` as a JSON key, in that order.
+fn assert_fields_in_order(body: &str, names: &[&str]) {
+    let at: Vec<usize> = names
+        .iter()
+        .map(|n| {
+            body.find(&format!("\"{n}\":"))
+                .unwrap_or_else(|| panic!("no {n} in {body}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "field order in {body}");
 }
 
 async fn counters(run: &Running, id: u64) -> Value {
@@ -119,7 +131,21 @@ async fn full_flow_statuses_move_from_pending_to_delivered() {
     assert_eq!(c["smsFallbackDeliveredCount"], 0);
     let path = "/api/v1/messages?phoneNumber=%2B38970000009";
     let (_, _, body) = call(&run, Method::GET, path, Some(KEY), "").await;
+    assert_fields_in_order(
+        text(&body),
+        &[
+            "messageId",
+            "campaignId",
+            "phoneNumber",
+            "channel",
+            "createdAt",
+            "status",
+            "details",
+            "deliveredViaSmsFallback",
+        ],
+    );
     let failed = &json(&body)[0];
+    assert_recent(&failed["createdAt"]);
     assert_eq!(
         failed["details"],
         json!({"code": 9, "error": "NOT_VIBER_USER"})
@@ -193,6 +219,9 @@ async fn stats_count_duplicates_batches_and_early_retries() {
         max_batch_after_first_429: 40,
         early_retries: 1,
         largest_batch: 80,
+        resets: 0,
+        delayed_answers: 0,
+        outages: 0,
     };
     assert_eq!(served, expected);
     assert_eq!(run.sim.stats(), expected);

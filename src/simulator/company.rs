@@ -11,6 +11,7 @@
 //! `smsFallbackEnabled`. All other Viber messages are Delivered.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
@@ -52,6 +53,12 @@ enum Outcome {
 /// The id of message `seq` of company `index`: unique across companies.
 pub fn message_id(index: usize, seq: usize) -> String {
     format!("msg-{index}-{seq}")
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-12-01T22:05:19.123Z`.
+fn created_at(unix_ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(unix_ms);
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 // === impl Company ===
@@ -142,6 +149,7 @@ impl Company {
             campaign_id: record.campaign,
             phone_number: record.phone.to_string(),
             channel,
+            created_at: created_at(self.queue.created_ms(seq)),
             status,
             details,
             delivered_via_sms_fallback: fallback,

@@ -17,6 +17,7 @@ use http::{HeaderMap, Method, StatusCode, Uri};
 use tokio::time::Instant;
 
 use super::model::{Id, VIBER_SERVICES};
+use super::serve::ResetConnection;
 use super::state::{CampaignError, Errors};
 use super::validate::{self, Rejected};
 use super::Simulator;
@@ -62,7 +63,8 @@ fn authenticate(sim: &Simulator, headers: &HeaderMap) -> Result<String, &'static
     }
 }
 
-/// Middleware on every API route: adds the configured latency, counts the response.
+/// Middleware on every API route: adds the configured latency, counts the response (not
+/// one that will be a connection reset: nothing is answered).
 /// Logs method, path and status (never headers, so never the key, nor the query).
 pub async fn track(State(sim): State<Simulator>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
@@ -73,8 +75,12 @@ pub async fn track(State(sim): State<Simulator>, req: Request, next: Next) -> Re
     }
     let response = next.run(req).await;
     let status = response.status().as_u16();
-    sim.stats_mut().response(status);
-    tracing::debug!(%method, %path, status, "simulator answered");
+    if response.extensions().get::<ResetConnection>().is_some() {
+        tracing::debug!(%method, %path, status, "simulator resets the connection instead");
+    } else {
+        sim.stats_mut().response(status);
+        tracing::debug!(%method, %path, status, "simulator answered");
+    }
     response
 }
 

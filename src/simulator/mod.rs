@@ -21,22 +21,40 @@
 //! | `POST /api/v1/campaigns/{id}/start` | 200, now InProgress |
 //! | `POST /api/v1/campaigns/{id}/bulk/{sms\|viber}` | 202 `{"campaignId","acceptedCount"}` |
 //! | `POST /api/v1/campaigns/{id}/messages/{sms\|viber}` | 201 `{"messageId","status":"Pending"}` |
-//! | `GET /api/v1/messages?phoneNumber=…[&campaignId=…]` | 200, the messages with statuses |
+//! | `GET /api/v1/messages?phoneNumber=…[&campaignId=…]` | 200, the messages with statuses and `createdAt` |
 //! | `GET /_sim/stats` | 200, [`SimStats`]: the simulator's own endpoint, no key needed |
+//! | `GET`, `POST /_sim/control` | 200, the run-time settings; `POST` changes them (see `control.rs`); no key |
 //!
 //! Unknown paths get a JSON 404 and known paths with another method a JSON 405. The
 //! messages query answers 400 without `phoneNumber`, the seed's phone 400 for an invalid
 //! one (a leading space counts as the `+` that form decoding turned into one) and 404
-//! for a `campaignId` the key does not own. Ids are decimal integers; message ids are
-//! strings (`msg-<company>-<seq>`).
+//! for a `campaignId` the key does not own. A message's `createdAt` is the wall-clock
+//! time its send was accepted, RFC 3339 UTC with milliseconds. Ids are decimal
+//! integers; message ids are strings (`msg-<company>-<seq>`).
 //!
 //! # Sends
 //! Checks run in this order: API key; injected failure (`fail_rate`: a 500, nothing
 //! accepted); campaign exists and is the key's (404); campaign InProgress; endpoint type
 //! matches the campaign (bulk vs transactional); channel matches; body well-formed;
 //! at most `max_recipients`; every phone number valid; then capacity. A send that would
-//! take the company over `max_pending` pending messages is refused whole with the seed's
-//! 429 body, its retry hint given as [`HintMode`] says.
+//! take the company over `max_pending` pending messages (or any send during a full
+//! period of the capacity flips) is refused whole with the seed's 429 body, its retry
+//! hint given as [`HintMode`] says.
+//!
+//! # Faults
+//! Besides injected 500s (`fail_rate`) and `latency`, the simulator stages what a client
+//! of a real API must survive, set in [`SimConfig`] or at run time:
+//! - a connection reset after a send was processed (`reset_rate`): the send is accepted
+//!   (or refused) as usual, then the connection closes without an answer;
+//! - a late answer (`answer_delay`): the send is accepted at once, the answer waits;
+//! - an outage ([`Simulator::start_outage`]): the port closes, open connections drop;
+//! - capacity flips (`capacity_flip`): every other period, every company is full and
+//!   every send gets the 429 (`currentPending` = `maxAllowed`, no available capacity).
+//!
+//! `POST /_sim/control` changes all of them (and `fail_rate`, `max_pending`) at run
+//! time, as do [`Simulator`]'s `set_…` methods and [`Simulator::start_outage`].
+//!
+//! Resets and outages act on connections, so they need [`serve`].
 //!
 //! # Capacity and statuses
 //! Pending messages drain at `drain_rate` per second of tokio time (so paused-time
@@ -44,23 +62,29 @@
 //! in acceptance order; see `state.rs` for the deterministic Viber failure rule.
 //!
 //! # Files
-//! `mod.rs` (config, handle, router), `handlers.rs` (HTTP for everything but sends),
-//! `send.rs` (the two send endpoints and the 429), `state.rs` (the world, pure logic),
-//! `company.rs` (one company: counters, statuses, outcomes),
-//! `queue.rs` (the capacity model), `model.rs` (resource shapes), `validate.rs`
-//! (request bodies), `phone.rs` (phone numbers), `stats.rs` ([`SimStats`]).
+//! - `mod.rs`: config, the [`Simulator`] handle and its run-time setters, the router;
+//! - `serve.rs`: the accept loop ([`serve`]): outages, connection resets, shutdown;
+//! - `handlers.rs`: HTTP for everything but sends; `send.rs`: the two send endpoints
+//!   and the 429; `control.rs`: `/_sim/control`;
+//! - `faults.rs`: what a processed send's answer suffers (delay, reset), capacity flips;
+//! - `state.rs`: the world, pure logic; `company.rs`: one company (counters, statuses,
+//!   outcomes); `queue.rs`: the capacity model and creation times;
+//! - `model.rs`: resource shapes; `validate.rs`: request bodies; `phone.rs`: phone
+//!   numbers; `stats.rs`: [`SimStats`].
 
 mod company;
+mod control;
+mod faults;
 mod handlers;
 mod model;
 mod phone;
 mod queue;
 mod send;
+mod serve;
 mod state;
 mod stats;
 mod validate;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -71,8 +95,11 @@ use axum::routing::{get, post};
 use axum::Router;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
+use self::faults::{Fate, SendFaults};
+pub use self::serve::serve;
 use self::state::State;
 pub use self::stats::SimStats;
 use self::stats::StatsRecorder;
@@ -99,6 +126,18 @@ pub struct SimConfig {
     pub api_keys: Vec<String>,
     /// Most recipients in one bulk request (default 200000).
     pub max_recipients: usize,
+    /// Probability (0..=1) that a send (bulk or single), once processed (accepted or
+    /// refused as usual), gets its connection closed instead of an answer (default 0).
+    /// Drawn from an RNG seeded by `seed`.
+    pub reset_rate: f64,
+    /// How long a send, once processed, waits before answering: the "accepted, but the
+    /// answer came after the client's timeout" fault (default none). `latency` delays
+    /// before processing; this delays after.
+    pub answer_delay: Duration,
+    /// Capacity flips: time (tokio) is cut into periods of this length from the start,
+    /// and in every other period (the second, fourth, …) every company is full, so any
+    /// send is refused with the 429 (default none).
+    pub capacity_flip: Option<Duration>,
 }
 
 /// How a 429 tells the client when to retry.
@@ -129,6 +168,9 @@ struct Inner {
     state: Mutex<State>,
     stats: Mutex<StatsRecorder>,
     rng: Mutex<StdRng>,
+    faults: Mutex<SendFaults>,
+    /// When the outage under way ends (`None`, or a time past: none). [`serve`] watches it.
+    outage: watch::Sender<Option<Instant>>,
 }
 
 /// Largest request body accepted: room for 200000 recipients with variables.
@@ -148,6 +190,9 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             api_keys: vec!["demo-key".to_string()],
             max_recipients: 200_000,
+            reset_rate: 0.0,
+            answer_delay: Duration::ZERO,
+            capacity_flip: None,
         }
     }
 }
@@ -157,17 +202,16 @@ impl Default for SimConfig {
 impl Simulator {
     /// A fresh world: one empty company per configured key.
     pub fn new(cfg: SimConfig) -> Self {
-        let state = State::new(
-            &cfg.api_keys,
-            cfg.max_pending,
-            cfg.drain_rate,
-            Instant::now(),
-        );
+        let now = Instant::now();
+        let mut state = State::new(&cfg.api_keys, cfg.max_pending, cfg.drain_rate, now);
+        state.set_capacity_flip(cfg.capacity_flip, now);
         let inner = Inner {
             fail_rate: AtomicU64::new(cfg.fail_rate.to_bits()),
             state: Mutex::new(state),
             stats: Mutex::new(StatsRecorder::default()),
             rng: Mutex::new(StdRng::seed_from_u64(cfg.seed)),
+            faults: Mutex::new(SendFaults::new(cfg.reset_rate, cfg.answer_delay, cfg.seed)),
+            outage: watch::Sender::new(None),
             cfg,
         };
         Self {
@@ -175,7 +219,9 @@ impl Simulator {
         }
     }
 
-    /// The whole API plus `GET /_sim/stats`, ready to serve.
+    /// The whole API plus `/_sim/stats` and `/_sim/control`, ready to serve. Outages and connection
+    /// resets need [`serve`]: served any other way, the router answers the requests a
+    /// reset should cut off, and an outage changes nothing.
     pub fn router(&self) -> Router {
         let sends = Router::new()
             .route("/api/v1/campaigns/{id}/bulk/{channel}", post(send::bulk))
@@ -211,6 +257,7 @@ impl Simulator {
             .layer(DefaultBodyLimit::max(BODY_LIMIT));
         Router::new()
             .route("/_sim/stats", get(handlers::stats))
+            .route("/_sim/control", get(control::show).post(control::apply))
             .merge(api)
             .with_state(self.clone())
     }
@@ -230,6 +277,70 @@ impl Simulator {
         self.state().set_max_pending(n);
     }
 
+    /// Starts capacity flips with periods of `period` from now (replacing any under way);
+    /// `None` or zero turns them off.
+    pub fn set_capacity_flip(&self, period: Option<Duration>) {
+        self.state().set_capacity_flip(period, Instant::now());
+    }
+
+    /// Changes the probability that a processed send's connection is reset instead of
+    /// answered, from the next send on.
+    pub fn set_reset_rate(&self, p: f64) {
+        self.faults().set_reset_rate(p);
+    }
+
+    /// Changes how long a processed send waits before answering, from the next send on.
+    pub fn set_answer_delay(&self, delay: Duration) {
+        self.faults().set_answer_delay(delay);
+    }
+
+    /// Stops listening for `duration` (tokio time) from now: connecting is refused and
+    /// every open connection is closed at once, requests in flight unanswered; then
+    /// [`serve`] listens again on the same address. During an outage this replaces the
+    /// outage's end (`Duration::ZERO` ends it).
+    pub fn start_outage(&self, duration: Duration) {
+        let now = Instant::now();
+        // A century stands for "longer than any test or demo".
+        let until = now
+            .checked_add(duration)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        self.inner.outage.send_replace(Some(until));
+        if !duration.is_zero() {
+            self.stats_mut().outage();
+            tracing::info!(secs = duration.as_secs_f64(), "simulated outage starts");
+        }
+    }
+
+    /// How long the outage under way still lasts (zero when none is).
+    pub fn outage_remaining(&self) -> Duration {
+        let until = *self.inner.outage.borrow();
+        until.map_or(Duration::ZERO, |until| {
+            until.saturating_duration_since(Instant::now())
+        })
+    }
+
+    /// For [`serve`]: the outage setting, to wait on.
+    fn subscribe_outage(&self) -> watch::Receiver<Option<Instant>> {
+        self.inner.outage.subscribe()
+    }
+
+    /// The probability of an injected 500.
+    fn fail_rate(&self) -> f64 {
+        f64::from_bits(self.inner.fail_rate.load(Ordering::Relaxed))
+    }
+
+    /// `(reset_rate, answer_delay)` as set.
+    fn send_fault_settings(&self) -> (f64, Duration) {
+        let faults = self.faults();
+        (faults.reset_rate(), faults.answer_delay())
+    }
+
+    /// `(max_pending, capacity flip period)` as set.
+    fn capacity_settings(&self) -> (u64, Option<Duration>) {
+        let state = self.state();
+        (state.max_pending(), state.capacity_flip())
+    }
+
     fn config(&self) -> &SimConfig {
         &self.inner.cfg
     }
@@ -242,6 +353,18 @@ impl Simulator {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn faults(&self) -> MutexGuard<'_, SendFaults> {
+        self.inner
+            .faults
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Decides what happens to the answer of one processed send.
+    fn send_fate(&self) -> Fate {
+        self.faults().fate()
+    }
+
     fn stats_mut(&self) -> MutexGuard<'_, StatsRecorder> {
         self.inner
             .stats
@@ -252,7 +375,7 @@ impl Simulator {
     /// Draws once from the seeded RNG: true when this request gets an injected 500.
     /// Every authenticated request draws, so a seed gives one sequence of outcomes.
     fn inject_failure(&self) -> bool {
-        let p = f64::from_bits(self.inner.fail_rate.load(Ordering::Relaxed));
+        let p = self.fail_rate();
         let draw: f64 = self
             .inner
             .rng
@@ -261,16 +384,4 @@ impl Simulator {
             .random();
         draw < p
     }
-}
-
-/// Serves `sim` on `listener` until `shutdown` completes, then finishes the requests in
-/// flight and returns.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    sim: Simulator,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, sim.router())
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -118,6 +118,8 @@ pub struct MessageView {
     pub campaign_id: Id,
     pub phone_number: String,
     pub channel: Channel,
+    /// When the API accepted the message: RFC 3339 UTC with milliseconds.
+    pub created_at: String,
     pub status: MessageStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub details: Option<Details>,

@@ -14,7 +14,9 @@
 //!   Failed) when `seq < floor(drained)`, *Sending* when it is within the next
 //!   `ceil(drain_rate × 0.5 s)` messages, else *Pending*.
 //!
-//! Each message costs one 16-byte [`Record`]. Two cursors remember how far the stages
+//! Each message costs one 16-byte [`Record`]; the time a message was accepted is kept
+//! per accepted send (one entry per batch, found by binary search on the sequence
+//! number), not per message. Two cursors remember how far the stages
 //! have already advanced, so [`Queue::advance`] can report exactly the messages that
 //! changed stage since the last call and the caller can keep per-campaign counters
 //! up to date in amortised O(1) per message.
@@ -69,6 +71,10 @@ pub struct Queue {
     left_pending: usize,
     /// Records `[0, done)` have already been reported as done.
     done: usize,
+    /// `(first sequence number, wall-clock milliseconds since the Unix epoch)` of every
+    /// accepted send, in sequence order: message `seq` was accepted at the time of the
+    /// last entry whose first sequence number is at most `seq`.
+    created: Vec<(usize, u64)>,
 }
 
 // === impl Queue ===
@@ -83,6 +89,7 @@ impl Queue {
             rate: if rate.is_nan() { 0.0 } else { rate.max(0.0) },
             left_pending: 0,
             done: 0,
+            created: Vec::new(),
         }
     }
 
@@ -121,6 +128,26 @@ impl Queue {
     pub fn push(&mut self, record: Record) -> usize {
         self.records.push(record);
         self.records.len() - 1
+    }
+
+    /// Notes that the messages pushed from now on were accepted at `unix_ms` (wall-clock
+    /// milliseconds since the Unix epoch), until the next call. Call it once per accepted
+    /// send, before pushing its messages.
+    pub fn start_batch(&mut self, unix_ms: u64) {
+        let first = self.records.len();
+        match self.created.last_mut() {
+            // Nothing pushed since the last batch began: that batch is empty.
+            Some(last) if last.0 == first => last.1 = unix_ms,
+            Some(last) if last.1 == unix_ms => {}
+            _ => self.created.push((first, unix_ms)),
+        }
+    }
+
+    /// When message `seq` was accepted, in wall-clock milliseconds since the Unix epoch
+    /// (0 for a message pushed before any [`start_batch`](Self::start_batch)).
+    pub fn created_ms(&self, seq: usize) -> u64 {
+        let after = self.created.partition_point(|&(first, _)| first <= seq);
+        after.checked_sub(1).map_or(0, |i| self.created[i].1)
     }
 
     /// Makes room for `additional` more records in one allocation.
@@ -184,6 +211,25 @@ mod tests {
     fn a_message_costs_sixteen_bytes() {
         // A million recipients must stay far below 200 MB.
         assert_eq!(std::mem::size_of::<Record>(), 16);
+    }
+
+    #[test]
+    fn creation_times_are_kept_per_batch() {
+        let mut q = Queue::new(1.0, Instant::now());
+        assert_eq!(q.created_ms(0), 0, "nothing accepted yet");
+        q.start_batch(1_000);
+        q.push(record(0));
+        q.push(record(1));
+        q.start_batch(2_000);
+        q.start_batch(3_000); // an empty batch is replaced, not kept
+        q.push(record(2));
+        q.start_batch(3_000); // same millisecond: one entry
+        q.push(record(3));
+        q.start_batch(4_000);
+        q.push(record(4));
+        let times: Vec<u64> = (0..5).map(|seq| q.created_ms(seq)).collect();
+        assert_eq!(times, [1_000, 1_000, 3_000, 3_000, 4_000]);
+        assert_eq!(q.created.len(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,6 +6,10 @@
 //! `{"messageId", "status": "Pending"}`. Both run the checks in the order the module
 //! documentation lists, then ask the state to accept the whole send or refuse it for
 //! capacity. The 429 carries the seed's body and the retry hint as [`HintMode`] says.
+//!
+//! Once a send is processed (accepted or refused), its answer may be held back
+//! (`answer_delay`) and then replaced by a connection reset (`reset_rate`): see
+//! `faults.rs` for the decision and `serve.rs` for the reset itself.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -19,6 +23,7 @@ use tokio::time::Instant;
 use super::handlers::{bad_request, invalid_phone, not_found_message, parse_id, ApiKey};
 use super::model::{Channel, Id};
 use super::phone::PhoneKey;
+use super::serve::ResetConnection;
 use super::state::{Accepted, SendError, SendKind};
 use super::validate::{self, PhoneError};
 use super::{HintMode, SimConfig, Simulator};
@@ -80,7 +85,40 @@ pub async fn bulk(
     Path((id, channel)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let (id, kind) = match campaign_for(&sim, &key, &id, &channel, true) {
+    let answer = process_bulk(&sim, &key, &id, &channel, body);
+    finish(&sim, answer).await
+}
+
+/// `POST /api/v1/campaigns/{id}/messages/{channel}`.
+pub async fn single(
+    State(sim): State<Simulator>,
+    ApiKey(key): ApiKey,
+    Path((id, channel)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let answer = process_single(&sim, &key, &id, &channel, &body);
+    finish(&sim, answer).await
+}
+
+/// Stages the send faults on a processed send's answer: holds it back `answer_delay`,
+/// then marks it for a connection reset if the draw says so (`serve.rs` drops the
+/// connection instead of answering).
+async fn finish(sim: &Simulator, mut answer: Response) -> Response {
+    let fate = sim.send_fate();
+    if !fate.delay.is_zero() {
+        sim.stats_mut().delayed_answer();
+        tokio::time::sleep(fate.delay).await;
+    }
+    if fate.reset {
+        sim.stats_mut().reset();
+        answer.extensions_mut().insert(ResetConnection);
+    }
+    answer
+}
+
+/// A bulk send, processed: accepted whole or refused.
+fn process_bulk(sim: &Simulator, key: &str, id: &str, channel: &str, body: Bytes) -> Response {
+    let (id, kind) = match campaign_for(sim, key, id, channel, true) {
         Ok(found) => found,
         Err(resp) => return resp,
     };
@@ -92,7 +130,7 @@ pub async fn bulk(
         Ok(items) => items,
         Err(message) => return bad_request(message),
     };
-    sim.stats_mut().batch(&key, items.len() as u64);
+    sim.stats_mut().batch(key, items.len() as u64);
     let max = sim.config().max_recipients;
     if items.len() > max {
         // The seed's text names the provider's limit; say the configured one.
@@ -108,7 +146,7 @@ pub async fn bulk(
         Err(e) => return phone_error(e),
     };
     drop(obj);
-    match accept(&sim, &key, id, kind, &phones) {
+    match accept(sim, key, id, kind, &phones) {
         Ok(accepted) => json_response(
             StatusCode::ACCEPTED,
             &BulkAccepted {
@@ -120,23 +158,18 @@ pub async fn bulk(
     }
 }
 
-/// `POST /api/v1/campaigns/{id}/messages/{channel}`.
-pub async fn single(
-    State(sim): State<Simulator>,
-    ApiKey(key): ApiKey,
-    Path((id, channel)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
-    let (id, kind) = match campaign_for(&sim, &key, &id, &channel, false) {
+/// A single send, processed: accepted or refused.
+fn process_single(sim: &Simulator, key: &str, id: &str, channel: &str, body: &[u8]) -> Response {
+    let (id, kind) = match campaign_for(sim, key, id, channel, false) {
         Ok(found) => found,
         Err(resp) => return resp,
     };
-    let phone = match validate::single_phone(&body) {
+    let phone = match validate::single_phone(body) {
         Ok(phone) => phone,
         Err(e) => return phone_error(e),
     };
-    sim.stats_mut().batch(&key, 1);
-    match accept(&sim, &key, id, kind, &[phone]) {
+    sim.stats_mut().batch(key, 1);
+    match accept(sim, key, id, kind, &[phone]) {
         Ok(accepted) => json_response(
             StatusCode::CREATED,
             &MessageAccepted {
@@ -171,7 +204,9 @@ fn accept(
     phones: &[PhoneKey],
 ) -> Result<Accepted, SendError> {
     let now = Instant::now();
-    let result = sim.state().accept(key, id, kind, phones, now);
+    let result = sim
+        .state()
+        .accept(key, id, kind, phones, now, SystemTime::now());
     let mut stats = sim.stats_mut();
     match &result {
         Ok(a) => stats.accepted(a.count, a.distinct_new, a.duplicates),
@@ -269,4 +304,36 @@ fn retry_date(secs: u64) -> String {
         at
     };
     httpdate::fmt_http_date(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_waits_the_delay_then_a_reset_replaces_it() {
+        let sim = Simulator::new(SimConfig {
+            answer_delay: Duration::from_secs(5),
+            reset_rate: 1.0,
+            ..SimConfig::default()
+        });
+        let start = Instant::now();
+        let answer = finish(&sim, StatusCode::CREATED.into_response()).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        assert!(answer.extensions().get::<ResetConnection>().is_some());
+        let stats = sim.stats();
+        assert_eq!((stats.delayed_answers, stats.resets), (1, 1));
+
+        sim.set_answer_delay(Duration::ZERO);
+        sim.set_reset_rate(0.0);
+        let start = Instant::now();
+        let answer = finish(&sim, StatusCode::CREATED.into_response()).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert!(answer.extensions().get::<ResetConnection>().is_none());
+        let stats = sim.stats();
+        assert_eq!((stats.delayed_answers, stats.resets), (1, 1));
+    }
 }

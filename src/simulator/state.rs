@@ -9,10 +9,12 @@
 //! rule) is in `company.rs`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
 use super::company::{message_id, Campaign, Company};
+use super::faults::CapacityFlip;
 use super::model::{
     CampaignStatus, CampaignType, CampaignView, Channel, Id, MessageView, Template,
 };
@@ -29,6 +31,8 @@ pub struct State {
     next_template: Id,
     next_campaign: Id,
     max_pending: u64,
+    /// While it says full, every send is refused as if every company were at `max_pending`.
+    flip: Option<CapacityFlip>,
 }
 
 /// A campaign to create, from a validated `POST /api/v1/campaigns` body.
@@ -100,6 +104,7 @@ impl State {
             next_template: 1,
             next_campaign: 1,
             max_pending,
+            flip: None,
         }
     }
 
@@ -111,6 +116,21 @@ impl State {
     /// Changes `maxAllowed` for every company from now on.
     pub fn set_max_pending(&mut self, max: u64) {
         self.max_pending = max;
+    }
+
+    /// `maxAllowed`, as set.
+    pub fn max_pending(&self) -> u64 {
+        self.max_pending
+    }
+
+    /// Capacity flips every `period` from `now` on (`None` or zero: never).
+    pub fn set_capacity_flip(&mut self, period: Option<Duration>, now: Instant) {
+        self.flip = period.and_then(|p| CapacityFlip::new(p, now));
+    }
+
+    /// The period of the capacity flips, if they are on.
+    pub fn capacity_flip(&self) -> Option<Duration> {
+        self.flip.map(|f| f.period())
     }
 
     /// The company's pending messages as of `now`, rounded down.
@@ -232,7 +252,9 @@ impl State {
 
     /// Accepts `phones` for campaign `id` whole, or refuses them whole: the checks of
     /// [`check_send`](Self::check_send), then capacity (`pending + requested` must not
-    /// exceed `max_pending`).
+    /// exceed `max_pending`; during a full period of the capacity flips, nothing fits and
+    /// the company counts as `max_pending` pending). `wall` is the wall-clock time the
+    /// messages list as their `createdAt`.
     pub fn accept(
         &mut self,
         key: &str,
@@ -240,6 +262,7 @@ impl State {
         kind: SendKind,
         phones: &[PhoneKey],
         now: Instant,
+        wall: SystemTime,
     ) -> Result<Accepted, SendError> {
         let company = self
             .companies
@@ -247,8 +270,15 @@ impl State {
             .ok_or(SendError::CampaignNotFound)?;
         company.check_send(id, kind)?;
         company.advance(now);
-        let pending = company.queue.pending();
         let requested = phones.len() as u64;
+        if self.flip.is_some_and(|flip| flip.full(now)) {
+            return Err(SendError::OverCapacity {
+                pending: self.max_pending,
+                requested,
+                max_allowed: self.max_pending,
+            });
+        }
+        let pending = company.queue.pending();
         if pending.saturating_add(requested) > self.max_pending {
             return Err(SendError::OverCapacity {
                 pending,
@@ -263,6 +293,7 @@ impl State {
         let first_seq = company.queue.records().len();
         let (mut distinct_new, mut duplicates) = (0, 0);
         company.queue.reserve(phones.len());
+        company.queue.start_batch(unix_ms(wall));
         for &phone in phones {
             company.queue.push(Record {
                 phone,
@@ -311,6 +342,12 @@ impl State {
             .collect();
         Some(views)
     }
+}
+
+/// Milliseconds since the Unix epoch (0 before it, saturating far after it).
+fn unix_ms(wall: SystemTime) -> u64 {
+    let ms = wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

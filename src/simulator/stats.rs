@@ -42,6 +42,13 @@ pub struct SimStats {
     pub early_retries: u64,
     /// Largest recipients count of any send request whose body was well-formed.
     pub largest_batch: u64,
+    /// Processed sends whose connection was closed instead of answered (`reset_rate`).
+    /// Not in `requests` nor `by_status`: nothing was answered.
+    pub resets: u64,
+    /// Processed sends answered only after `answer_delay` (counted when the wait starts).
+    pub delayed_answers: u64,
+    /// Outages started (`Simulator::start_outage` or the control endpoint).
+    pub outages: u64,
 }
 
 /// Accumulates [`SimStats`] and the per-key 429 notes.
@@ -107,6 +114,21 @@ impl StatsRecorder {
         }
         notes.seen_429 = true;
         notes.hint_until = Some(now + retry_after);
+    }
+
+    /// Counts one connection reset instead of an answer.
+    pub fn reset(&mut self) {
+        self.stats.resets += 1;
+    }
+
+    /// Counts one answer held back by `answer_delay`.
+    pub fn delayed_answer(&mut self) {
+        self.stats.delayed_answers += 1;
+    }
+
+    /// Counts one outage started.
+    pub fn outage(&mut self) {
+        self.stats.outages += 1;
     }
 
     /// A copy of the counters.

@@ -1,9 +1,11 @@
 //! Helpers for talking to the simulator's API in tests: calls with a key, campaigns,
 //! phone numbers and bulk bodies.
 
+use std::time::{Duration, SystemTime};
+
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use super::{json, send, Running};
 
@@ -45,6 +47,32 @@ pub async fn campaign(run: &Running, key: &str, kind: &str, channel: &str, start
 /// `n` distinct valid phone numbers, starting at `first`.
 pub fn phones(first: u64, n: u64) -> Vec<String> {
     (first..first + n).map(|i| format!("3897{i:07}")).collect()
+}
+
+/// The messages `GET /api/v1/messages` lists for `phone`, oldest first.
+pub async fn messages(run: &Running, phone: &str) -> Vec<Value> {
+    let path = format!("/api/v1/messages?phoneNumber={}", phone.replace('+', "%2B"));
+    let (status, _, body) = call(run, Method::GET, &path, Some(KEY), "").await;
+    assert_eq!(status, StatusCode::OK, "{}", text(&body));
+    match json(&body) {
+        Value::Array(list) => list,
+        other => panic!("not a list: {other}"),
+    }
+}
+
+/// Panics unless `value` is an RFC 3339 UTC time with milliseconds, within a minute of
+/// now (wall clock: paused tokio time does not stop it).
+pub fn assert_recent(value: &Value) {
+    let shown = value.as_str().expect("createdAt is a string");
+    assert!(
+        shown.len() == 24 && shown.ends_with('Z') && shown.as_bytes()[19] == b'.',
+        "RFC 3339 with milliseconds in UTC: {shown}"
+    );
+    let at = humantime::parse_rfc3339(shown).expect("an RFC 3339 time");
+    let age = SystemTime::now()
+        .duration_since(at)
+        .unwrap_or_else(|e| e.duration());
+    assert!(age < Duration::from_secs(60), "{shown} is not about now");
 }
 
 pub fn bulk_body(phones: &[String]) -> String {

@@ -1,7 +1,7 @@
 //! Unit tests of the world's pure logic: the capacity model as the 429 sees it, message
 //! statuses and campaign counters over (paused) time, ownership and the send checks.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::{advance, Instant};
 
@@ -54,6 +54,13 @@ fn started_with(
     id
 }
 
+/// 2026-12-01T22:05:19.123Z: the wall-clock time the tests accept messages at.
+const WALL_MS: u64 = 1_796_162_719_123;
+
+fn wall() -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(WALL_MS)
+}
+
 fn phones(n: u64) -> Vec<PhoneKey> {
     (0..n)
         .map(|i| PhoneKey::parse(&format!("3897{:07}", i * 10)).unwrap())
@@ -70,13 +77,13 @@ async fn capacity_refuses_whole_and_reports_the_seed_numbers() {
     let mut s = world(100, 10.0);
     let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
     assert_eq!(
-        s.accept(A, id, BULK_SMS, &phones(80), Instant::now())
+        s.accept(A, id, BULK_SMS, &phones(80), Instant::now(), wall())
             .unwrap()
             .count,
         80
     );
 
-    let refused = s.accept(A, id, BULK_SMS, &phones(30), Instant::now());
+    let refused = s.accept(A, id, BULK_SMS, &phones(30), Instant::now(), wall());
     let expected = SendError::OverCapacity {
         pending: 80,
         requested: 30,
@@ -90,13 +97,13 @@ async fn capacity_refuses_whole_and_reports_the_seed_numbers() {
     );
 
     advance(Duration::from_millis(1550)).await; // 15.5 drained: 64.5 pending
-    let refused = s.accept(A, id, BULK_SMS, &phones(40), Instant::now());
+    let refused = s.accept(A, id, BULK_SMS, &phones(40), Instant::now(), wall());
     assert!(matches!(
         refused,
         Err(SendError::OverCapacity { pending: 64, .. })
     ));
     assert!(s
-        .accept(A, id, BULK_SMS, &phones(35), Instant::now())
+        .accept(A, id, BULK_SMS, &phones(35), Instant::now(), wall())
         .is_ok());
 }
 
@@ -106,15 +113,15 @@ async fn capacity_is_per_company_and_a_batch_over_the_limit_never_fits() {
     let a = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
     let b = started(&mut s, B, CampaignType::Bulk, Channel::Sms);
     assert!(s
-        .accept(A, a, BULK_SMS, &phones(100), Instant::now())
+        .accept(A, a, BULK_SMS, &phones(100), Instant::now(), wall())
         .is_ok());
     assert!(s
-        .accept(B, b, BULK_SMS, &phones(100), Instant::now())
+        .accept(B, b, BULK_SMS, &phones(100), Instant::now(), wall())
         .is_ok());
 
     advance(Duration::from_secs(3600)).await;
     assert_eq!(s.pending(A, Instant::now()), Some(0));
-    let refused = s.accept(A, a, BULK_SMS, &phones(101), Instant::now());
+    let refused = s.accept(A, a, BULK_SMS, &phones(101), Instant::now(), wall());
     assert!(matches!(
         refused,
         Err(SendError::OverCapacity {
@@ -131,11 +138,41 @@ async fn lowering_max_pending_applies_to_the_next_send() {
     let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
     s.set_max_pending(5);
     assert!(s
-        .accept(A, id, BULK_SMS, &phones(6), Instant::now())
+        .accept(A, id, BULK_SMS, &phones(6), Instant::now(), wall())
         .is_err());
     assert!(s
-        .accept(A, id, BULK_SMS, &phones(5), Instant::now())
+        .accept(A, id, BULK_SMS, &phones(5), Instant::now(), wall())
         .is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn capacity_flips_refuse_everything_every_other_period() {
+    let mut s = world(100, 0.0);
+    let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
+    let period = Duration::from_secs(10);
+    s.set_capacity_flip(Some(period), Instant::now());
+    assert_eq!(s.capacity_flip(), Some(period));
+    let send = |s: &mut State, n| s.accept(A, id, BULK_SMS, &phones(n), Instant::now(), wall());
+    assert!(send(&mut s, 10).is_ok(), "the first period is open");
+    advance(period).await;
+    let full = SendError::OverCapacity {
+        pending: 100,
+        requested: 1,
+        max_allowed: 100,
+    };
+    assert_eq!(send(&mut s, 1), Err(full));
+    advance(period).await;
+    assert!(send(&mut s, 10).is_ok(), "open again");
+    assert_eq!(
+        s.pending(A, Instant::now()),
+        Some(20),
+        "as usual in open periods"
+    );
+    advance(period).await;
+    assert!(send(&mut s, 1).is_err());
+    s.set_capacity_flip(None, Instant::now());
+    assert_eq!(s.capacity_flip(), None);
+    assert!(send(&mut s, 1).is_ok(), "flips off");
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,7 +180,8 @@ async fn statuses_and_counters_move_with_time() {
     let mut s = world(1000, 10.0); // Sending window: 5 messages
     let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
     let sent = phones(30);
-    s.accept(A, id, BULK_SMS, &sent, Instant::now()).unwrap();
+    s.accept(A, id, BULK_SMS, &sent, Instant::now(), wall())
+        .unwrap();
     let status = |s: &mut State, i: usize| {
         let list = s.messages(A, sent[i], None, Instant::now()).unwrap();
         list[0].status
@@ -193,8 +231,9 @@ async fn viber_numbers_ending_in_9_fail_or_fall_back_to_sms() {
         Channel::Viber,
         Some(fallback.unwrap().id),
     );
-    s.accept(A, no_fb, kind, &to, Instant::now()).unwrap();
-    s.accept(A, fb, kind, &to, Instant::now()).unwrap();
+    s.accept(A, no_fb, kind, &to, Instant::now(), wall())
+        .unwrap();
+    s.accept(A, fb, kind, &to, Instant::now(), wall()).unwrap();
     advance(Duration::from_secs(1)).await;
 
     let view = s.campaign(A, no_fb, Instant::now()).unwrap();
@@ -218,11 +257,18 @@ async fn duplicates_count_per_campaign() {
     let one = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
     let two = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
     let p = phones(3);
-    let first = s.accept(A, one, BULK_SMS, &[p[0], p[1], p[0]], Instant::now());
+    let first = s.accept(
+        A,
+        one,
+        BULK_SMS,
+        &[p[0], p[1], p[0]],
+        Instant::now(),
+        wall(),
+    );
     assert_eq!(first.map(|a| (a.distinct_new, a.duplicates)), Ok((2, 1)));
-    let again = s.accept(A, one, BULK_SMS, &[p[0], p[2]], Instant::now());
+    let again = s.accept(A, one, BULK_SMS, &[p[0], p[2]], Instant::now(), wall());
     assert_eq!(again.map(|a| (a.distinct_new, a.duplicates)), Ok((1, 1)));
-    let other = s.accept(A, two, BULK_SMS, &[p[0]], Instant::now());
+    let other = s.accept(A, two, BULK_SMS, &[p[0]], Instant::now(), wall());
     assert_eq!(other.map(|a| (a.distinct_new, a.duplicates)), Ok((1, 0)));
     // Every message is listed, filtered by campaign on request.
     assert_eq!(s.messages(A, p[0], None, Instant::now()).unwrap().len(), 4);
@@ -290,17 +336,38 @@ async fn message_ids_are_unique_across_companies() {
     let b = started(&mut s, B, CampaignType::Transactional, Channel::Sms);
     let p = phones(1);
     let ma = s
-        .accept(A, a, single, &p, Instant::now())
+        .accept(A, a, single, &p, Instant::now(), wall())
         .unwrap()
         .first_message_id;
     let mb = s
-        .accept(B, b, single, &p, Instant::now())
+        .accept(B, b, single, &p, Instant::now(), wall())
         .unwrap()
         .first_message_id;
     assert_ne!(ma, mb);
     let listed = s.messages(A, p[0], None, Instant::now()).unwrap();
     assert_eq!(listed.len(), 1, "B's message is not A's to see");
     assert_eq!(listed[0].message_id, ma);
+}
+
+#[tokio::test(start_paused = true)]
+async fn messages_list_when_their_send_was_accepted() {
+    let mut s = world(1000, 0.0);
+    let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
+    let p = phones(2);
+    s.accept(A, id, BULK_SMS, &p, Instant::now(), wall())
+        .unwrap();
+    let later = wall() + Duration::from_millis(2_001);
+    s.accept(A, id, BULK_SMS, &p[..1], Instant::now(), later)
+        .unwrap();
+    let mut created = |phone| -> Vec<String> {
+        let list = s.messages(A, phone, None, Instant::now()).unwrap();
+        list.into_iter().map(|m| m.created_at).collect()
+    };
+    assert_eq!(
+        created(p[0]),
+        ["2026-12-01T22:05:19.123Z", "2026-12-01T22:05:21.124Z"]
+    );
+    assert_eq!(created(p[1]), ["2026-12-01T22:05:19.123Z"]);
 }
 
 #[test]
