@@ -1,0 +1,393 @@
+//! The faults sluice exists for, end to end over real sockets: an outage of the API, a
+//! pending capacity flipping between full and free, answers that come after sluice's
+//! timeout (or never), and the answers clients get when parts are refused.
+//!
+//! Each test stages its fault with the simulator (`Simulator::start_outage`,
+//! `set_capacity_flip`, `set_answer_delay`, `set_reset_rate`) and judges sluice by what
+//! the simulator saw (recipients accepted, duplicates, early retries) and what the clients
+//! got.
+
+mod common;
+
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use sluice::simulator::{HintMode, SimConfig};
+use tokio::time::Instant;
+
+use common::queue::{get_job, post, proxy, url, wait_job};
+use common::sim::{bulk_body, campaign, phones, KEY};
+use common::{admin_url, json, send, Running};
+
+fn sim_config(max_pending: u64, drain_rate: f64) -> SimConfig {
+    SimConfig {
+        max_pending,
+        drain_rate,
+        retry_after: 1,
+        hint: HintMode::Both,
+        ..SimConfig::default()
+    }
+}
+
+/// A single send's body to `n`'s phone number.
+fn single_body(n: u64) -> String {
+    format!(r#"{{"phoneNumber":"{}"}}"#, phones(n, 1)[0])
+}
+
+/// The value of a metric sample line `name{labels} value` in a scrape (0 when absent).
+fn metric(scrape: &str, name_and_labels: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A 15 s outage with a 120000-recipient bulk job and 20 single sends queued: nothing is
+/// dead-lettered, and everything is delivered within 20 s of the API's return, each
+/// recipient once. Pass-through requests during the outage are answered at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_delays_sends_and_loses_none() {
+    let sim = Running::start(sim_config(50_000, 200_000.0)).await;
+    let bulk_campaign = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    let single_campaign = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |_| {}).await;
+
+    sim.sim.start_outage(Duration::from_secs(15));
+    let bulk = format!("/api/v1/campaigns/{bulk_campaign}/bulk/sms");
+    let (status, _, job) = post(
+        &p,
+        &bulk,
+        KEY,
+        Some("respond-async"),
+        bulk_body(&phones(0, 120_000)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let mut jobs = vec![job["id"].as_str().unwrap().to_string()];
+    let single = format!("/api/v1/campaigns/{single_campaign}/messages/sms");
+    for n in 0..20 {
+        let body = single_body(500_000 + n);
+        let (status, _, job) = post(&p, &single, KEY, Some("respond-async"), body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+        jobs.push(job["id"].as_str().unwrap().to_string());
+    }
+
+    // Pass-through during the outage: the API's envelope, at once, not after a deadline.
+    common::wait_until(
+        || sim.sim.outage_remaining() > Duration::ZERO,
+        Duration::from_secs(1),
+        "the outage to be on",
+    )
+    .await;
+    let asked = Instant::now();
+    let (status, _, body) = send(
+        Method::GET,
+        &url(&p, "/api/v1/viber-services"),
+        &[("X-API-Key", KEY)],
+        "",
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(json(&body)["error"], "Bad Gateway", "{}", json(&body));
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    let back = Instant::now() + sim.sim.outage_remaining();
+    tokio::time::sleep_until(back).await;
+    for id in &jobs {
+        let job = wait_job(
+            &p,
+            id,
+            |j| j["state"] != "queued" && j["state"] != "in_progress",
+            Duration::from_secs(40),
+        )
+        .await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    let recovered = back.elapsed();
+    println!(
+        "outage 15 s: 120020 recipients delivered {:.1} s after the API came back; {:?}",
+        recovered.as_secs_f64(),
+        sim.sim.stats()
+    );
+    assert!(
+        recovered <= Duration::from_secs(20),
+        "all delivered {recovered:?} after the return"
+    );
+    let stats = sim.sim.stats();
+    assert_eq!(stats.distinct_recipients, 120_020, "{stats:?}");
+    assert_eq!(stats.duplicate_recipients, 0, "{stats:?}");
+    let (_, _, scrape) = send(Method::GET, &admin_url(&p, "/metrics"), &[], "").await;
+    let scrape = String::from_utf8_lossy(&scrape);
+    assert_eq!(metric(&scrape, "sluice_queue_dead_letters_total"), 0.0);
+    assert!(
+        metric(&scrape, "sluice_upstream_outages_total") >= 1.0,
+        "{scrape}"
+    );
+    assert_eq!(metric(&scrape, "sluice_upstream_up "), 1.0);
+}
+
+/// Sends every client makes in `window` (each one at a time, waiting for its answer):
+/// (completions per second, their median latency, any answer that was not a 201).
+async fn sync_clients(
+    p: &sluice::app::Running,
+    path: &str,
+    clients: u64,
+    window: Duration,
+    phones_from: u64,
+) -> (f64, Duration, Vec<String>) {
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = url(p, path);
+            tokio::spawn(async move {
+                let mut done = Vec::new();
+                let mut wrong = Vec::new();
+                let mut n = 0;
+                while start.elapsed() < window {
+                    let sent = Instant::now();
+                    let body = single_body(phones_from + 100_000 * c + n);
+                    n += 1;
+                    let headers = [("X-API-Key", KEY), ("Content-Type", "application/json")];
+                    let (status, _, answer) = send(Method::POST, &url, &headers, body).await;
+                    if status == StatusCode::CREATED {
+                        done.push(sent.elapsed());
+                    } else {
+                        wrong.push(format!("{status} {}", String::from_utf8_lossy(&answer)));
+                    }
+                }
+                (done, wrong)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut wrong = Vec::new();
+    for t in tasks {
+        let (done, bad) = t.await.unwrap();
+        latencies.extend(done);
+        wrong.extend(bad);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort();
+    let p50 = latencies
+        .get(latencies.len() / 2)
+        .copied()
+        .unwrap_or_default();
+    (latencies.len() as f64 / elapsed, p50, wrong)
+}
+
+/// The key's capacity flips between full and free every 3 s under 32 synchronous
+/// clients: a 429 costs one cooldown, not a minute, so throughput stays at least 0.35×
+/// the steady rate (capacity is open half the time), the median client waits at most
+/// 2 s, and every client gets the API's own 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_flips_cost_a_cooldown_each_not_a_minute() {
+    let sim = Running::start(sim_config(10_000_000, 1_000_000.0)).await;
+    let single_campaign = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |_| {}).await;
+    let path = format!("/api/v1/campaigns/{single_campaign}/messages/sms");
+
+    let (steady, steady_p50, wrong) = sync_clients(&p, &path, 32, Duration::from_secs(6), 0).await;
+    assert!(wrong.is_empty(), "{wrong:?}");
+    sim.sim.set_capacity_flip(Some(Duration::from_secs(3)));
+    let (flipping, p50, wrong) =
+        sync_clients(&p, &path, 32, Duration::from_secs(12), 5_000_000).await;
+    sim.sim.set_capacity_flip(None);
+    assert!(
+        wrong.is_empty(),
+        "every client gets the API's 201: {wrong:?}"
+    );
+    let stats = sim.sim.stats();
+    println!("steady {steady:.0}/s (p50 {steady_p50:?}), flipping {flipping:.0}/s (p50 {p50:?}), {stats:?}");
+    assert!(
+        stats.rate_limited > 0,
+        "the capacity was full at times: {stats:?}"
+    );
+    assert!(
+        flipping >= 0.35 * steady,
+        "{flipping:.0}/s against {steady:.0}/s steady"
+    );
+    assert!(p50 <= Duration::from_secs(2), "median wait {p50:?}");
+    assert_eq!(stats.duplicate_recipients, 0, "{stats:?}");
+    // Each flip to full costs the sends already in flight (at most queue.concurrency, 16)
+    // and one probe per hint (1 s) while it lasts (3 s): two full periods in 12 s.
+    assert!(stats.rate_limited <= 2 * (16 + 4), "{stats:?}");
+}
+
+/// The API accepts every send at once but answers only after sluice's timeout: each lost
+/// answer is looked up, found, and settled without a second send. No single send is
+/// delivered twice, no bulk part more than twice, no job fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_answers_are_reconciled_not_resent() {
+    let sim = Running::start(SimConfig {
+        answer_delay: Duration::from_millis(2_500),
+        ..sim_config(50_000, 100_000.0)
+    })
+    .await;
+    let bulk_campaign = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    let single_campaign = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| {
+        c.upstream.request_timeout_ms = 1_000;
+        c.queue.reconcile_delay_ms = 200;
+    })
+    .await;
+
+    let bulk = format!("/api/v1/campaigns/{bulk_campaign}/bulk/sms");
+    let (status, _, job) = post(
+        &p,
+        &bulk,
+        KEY,
+        Some("respond-async"),
+        bulk_body(&phones(0, 20_000)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let bulk_id = job["id"].as_str().unwrap().to_string();
+
+    let single = format!("/api/v1/campaigns/{single_campaign}/messages/sms");
+    let clients: Vec<_> = (0..10)
+        .map(|n| {
+            let url = url(&p, &single);
+            tokio::spawn(async move {
+                let headers = [("X-API-Key", KEY), ("Content-Type", "application/json")];
+                send(Method::POST, &url, &headers, single_body(700_000 + n)).await
+            })
+        })
+        .collect();
+    for c in clients {
+        let (status, headers, body) = c.await.unwrap();
+        assert_eq!(
+            status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        let answer = json(&body);
+        assert!(
+            answer["messageId"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("msg-")),
+            "{answer}"
+        );
+        assert_eq!(headers["x-sluice-reconciled"], "lookup");
+    }
+    let job = wait_job(
+        &p,
+        &bulk_id,
+        |j| j["state"] == "succeeded",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(job["delivered"], 20_000, "{job}");
+    let stats = sim.sim.stats();
+    println!("late answers: {stats:?}");
+    assert_eq!(stats.distinct_recipients, 20_010, "{stats:?}");
+    assert_eq!(stats.duplicate_recipients, 0, "{stats:?}");
+    assert_eq!(stats.accepted_sends, 11, "one send each: {stats:?}");
+}
+
+/// The connection breaks after every send and the route has no lookup: a send whose fate
+/// cannot be known is sent once more (same Idempotency-Key), then recorded as uncertain,
+/// never sent a third time, and the client is told "accepted" with the job rather than
+/// an error it would resend after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fate_nobody_can_tell_is_uncertain_after_one_resend() {
+    let sim = Running::start(SimConfig {
+        reset_rate: 1.0,
+        ..sim_config(50_000, 100_000.0)
+    })
+    .await;
+    let single_campaign = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| {
+        c.queue.reconcile_delay_ms = 50;
+        let mut routes = sluice::routes::defaults();
+        for r in &mut routes {
+            r.lookup = String::new();
+        }
+        c.routes = Some(routes);
+    })
+    .await;
+    let single = format!("/api/v1/campaigns/{single_campaign}/messages/sms");
+    let (status, headers, job) = post(&p, &single, KEY, None, single_body(1)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert!(headers.contains_key("x-sluice-job-id"));
+    assert_eq!(job["state"], "uncertain", "{job}");
+    assert_eq!(job["uncertain"], 1, "{job}");
+    assert_eq!(job["failed"], 0, "{job}");
+    let stats = sim.sim.stats();
+    println!("resets, no lookup: {stats:?}");
+    assert_eq!(stats.sends, 2, "sent twice, never a third time: {stats:?}");
+    assert_eq!(stats.resets, 2, "{stats:?}");
+    let (_, _, scrape) = send(Method::GET, &admin_url(&p, "/metrics"), &[], "").await;
+    let scrape = String::from_utf8_lossy(&scrape);
+    assert_eq!(
+        metric(
+            &scrape,
+            "sluice_queue_recipients_uncertain_total{route=\"single\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "sluice_reconciliations_total{result=\"unanswered\",route=\"single\"}"
+        ),
+        2.0,
+        "{scrape}"
+    );
+}
+
+/// Every part of a multi-part job refused with the same 400 (a campaign never started):
+/// the client gets the API's own 400, with the job's id. A sync answer that times out
+/// shows the job as it is by then, not as it was created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_say_what_happened() {
+    let sim = Running::start(sim_config(50_000, 10_000.0)).await;
+    let draft = campaign(&sim, KEY, "Bulk", "SMS", false).await;
+    let started = campaign(&sim, KEY, "Bulk", "SMS", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| {
+        let mut routes = sluice::routes::defaults();
+        routes[0].max_recipients_per_request = 10;
+        c.routes = Some(routes);
+    })
+    .await;
+    let (status, headers, body) = post(
+        &p,
+        &format!("/api/v1/campaigns/{draft}/bulk/sms"),
+        KEY,
+        None,
+        bulk_body(&phones(0, 30)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "Campaign is not active", "{body}");
+    assert!(headers.contains_key("x-sluice-job-id"));
+    let (_, job) = get_job(&p, headers["x-sluice-job-id"].to_str().unwrap(), KEY).await;
+    assert_eq!(job["parts"].as_array().map(Vec::len), Some(3), "{job}");
+
+    // 150000 recipients into a company with room for 60000: that much is accepted within
+    // the one-second wait, and the 202 says so.
+    let p2dir = tempfile::tempdir().unwrap();
+    let p2 = proxy(&sim, &p2dir, |c| c.queue.sync_wait_ms = 25_000).await;
+    sim.sim.set_max_pending(60_000);
+    let (status, _, job) = post(
+        &p2,
+        &format!("/api/v1/campaigns/{started}/bulk/sms"),
+        KEY,
+        Some("wait=1"),
+        bulk_body(&phones(1_000, 150_000)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert!(job["delivered"].as_u64().unwrap_or(0) >= 50_000, "{job}");
+    assert_eq!(job["state"], "in_progress", "{job}");
+}
