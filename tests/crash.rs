@@ -119,6 +119,7 @@ async fn sigkill_mid_dispatch_loses_nothing() {
     second.wait().expect("reaped");
 
     let stats = sim.sim.stats();
+    println!("kill -9 mid-dispatch: {stats:?}");
     assert_eq!(job["delivered"], N);
     assert_eq!(
         stats.distinct_recipients, N,

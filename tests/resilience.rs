@@ -391,3 +391,63 @@ async fn answers_say_what_happened() {
     assert!(job["delivered"].as_u64().unwrap_or(0) >= 50_000, "{job}");
     assert_eq!(job["state"], "in_progress", "{job}");
 }
+
+/// An outage longer than `queue.max_age_secs`: the part fails with that reason (not an
+/// attempts count), and the client's sync answer says so in the API's envelope.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_max_age_fails_with_that_reason() {
+    let sim = Running::start(sim_config(50_000, 100_000.0)).await;
+    let single_campaign = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| {
+        c.queue.max_age_secs = 2;
+        c.upstream.outage_probe_max_ms = 500;
+    })
+    .await;
+    sim.sim.start_outage(Duration::from_secs(30));
+    let single = format!("/api/v1/campaigns/{single_campaign}/messages/sms");
+    let (status, headers, body) = post(&p, &single, KEY, None, single_body(9)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["error"], "Bad Gateway", "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("max_age_secs"), "{message}");
+    assert!(!message.contains("attempts the API refused"), "{message}");
+    let (_, job) = get_job(&p, headers["x-sluice-job-id"].to_str().unwrap(), KEY).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(
+        job["parts"][0]["attempts"], 0,
+        "an outage is no attempt: {job}"
+    );
+    sim.sim.start_outage(Duration::ZERO);
+}
+
+/// 5xx answers are retried with backoff up to `queue.max_attempts`, then the part is a
+/// dead letter whose error says so; the client gets the API's last answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_are_retried_up_to_max_attempts_then_dead_lettered() {
+    let sim = Running::start(SimConfig {
+        fail_rate: 1.0,
+        ..sim_config(50_000, 100_000.0)
+    })
+    .await;
+    sim.sim.set_fail_rate(0.0);
+    let single_campaign = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    sim.sim.set_fail_rate(1.0);
+    let dir = tempfile::tempdir().unwrap();
+    let p = proxy(&sim, &dir, |c| {
+        c.queue.max_attempts = 3;
+        c.retry.backoff_base_ms = 10;
+        c.retry.backoff_cap_ms = 50;
+    })
+    .await;
+    let single = format!("/api/v1/campaigns/{single_campaign}/messages/sms");
+    let (status, headers, body) = post(&p, &single, KEY, None, single_body(3)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(body["error"], "Internal Server Error", "{body}");
+    let (_, job) = get_job(&p, headers["x-sluice-job-id"].to_str().unwrap(), KEY).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["parts"][0]["attempts"], 3, "{job}");
+    let error = job["parts"][0]["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("gave up after 3 attempts"), "{error}");
+    assert_eq!(sim.sim.stats().sends, 3);
+}
