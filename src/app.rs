@@ -16,11 +16,14 @@ use http::Response;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::admin::{self, Health};
+use crate::admin;
 use crate::apikey::ApiKey;
 use crate::config::Config;
+use crate::health::Health;
 use crate::keystate::KeyState;
+use crate::layers::{self, Limits};
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, Settings};
 use crate::queue::jobs_api;
@@ -28,17 +31,31 @@ use crate::queue::store::StoreError;
 use crate::queue::Queue;
 use crate::request_id::{self, RouteName};
 use crate::routes::RouteKind;
-use crate::server::{self, ServeOptions};
+use crate::server::{self, Observed, ServeOptions};
 use crate::upstream::{self, Upstream};
 use crate::validate;
+
+/// Connections the admin listener keeps open at most (scrapers and probes).
+const ADMIN_CONNECTIONS: usize = 64;
+/// At shutdown, waiting clients are answered this long (at most a quarter of the grace)
+/// before the grace period ends, so that the answer is out before connections drop.
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
+/// After the grace period, how long tasks may take to notice the stop.
+const TASKS_AFTER_GRACE: Duration = Duration::from_secs(2);
 
 /// A started proxy: its bound addresses and the handle to stop it.
 pub struct Running {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
+    /// Cancelled first at shutdown: the listeners close and connections drain.
+    stop_accepting: CancellationToken,
+    /// Cancelled once the connections are done: the dispatcher and background tasks stop.
+    stop_work: CancellationToken,
+    queue: Queue,
     health: Arc<Health>,
+    grace: Duration,
+    tracker: TaskTracker,
     tasks: Vec<JoinHandle<io::Result<()>>>,
 }
 
@@ -83,10 +100,11 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         })?;
 
     let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(config.server.ready_requires_upstream));
     let upstream = Upstream::new(&config.upstream)?;
     let keys = Arc::new(KeyState::new(config.retry_policy(), metrics.clone()));
-    let shutdown = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+    let stop_work = CancellationToken::new();
     let queue = Queue::open(
         config,
         upstream.clone(),
@@ -94,7 +112,7 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         metrics.clone(),
         own_key.clone(),
         health.clone(),
-        shutdown.clone(),
+        stop_work.clone(),
     )
     .await?;
     let proxy = Proxy::new(
@@ -109,6 +127,7 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         metrics.clone(),
     );
 
+    let s = &config.server;
     let main = Router::new()
         .fallback(front)
         .with_state(Front {
@@ -116,27 +135,71 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
             queue: queue.clone(),
             metrics: metrics.clone(),
             own_key,
-            max_body: config.server.max_body_bytes,
+            max_body: s.max_body_bytes,
         })
         .merge(jobs_api::router(queue.clone()))
         .layer(from_fn_with_state(metrics.clone(), request_id::layer));
-    let admin = admin::router(metrics.clone(), keys, queue, health.clone());
+    let main = layers::front(
+        main,
+        Limits {
+            max_concurrent: s.max_concurrent_requests,
+            body_read_timeout: Duration::from_millis(s.body_read_timeout_ms),
+            body_min_rate: s.body_min_rate_bytes_per_sec,
+        },
+        metrics.clone(),
+    );
+    let admin = admin::router(metrics.clone(), keys, queue.clone(), health.clone());
 
     let opts = ServeOptions {
-        header_read_timeout: Duration::from_millis(config.server.header_read_timeout_ms),
-        grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        header_read_timeout: Duration::from_millis(s.header_read_timeout_ms),
+        first_byte_timeout: Duration::from_millis(s.first_byte_timeout_ms),
+        idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+        max_connections: match s.max_connections {
+            0 => server::default_max_connections(),
+            n => n,
+        },
+        grace: Duration::from_millis(s.shutdown_grace_ms),
+    };
+    // The admin listener has its own (small) connection allowance, so a flood on the main
+    // listener never locks the scraper and the probes out.
+    let admin_opts = ServeOptions {
+        max_connections: ADMIN_CONNECTIONS,
+        ..opts
+    };
+    let tracker = TaskTracker::new();
+    let observed = |listener| Observed {
+        listener,
+        metrics: metrics.clone(),
     };
     let tasks = vec![
-        tokio::spawn(server::serve(listener, main, opts, shutdown.clone())),
-        tokio::spawn(server::serve(admin_listener, admin, opts, shutdown.clone())),
+        tokio::spawn(server::serve(
+            listener,
+            main,
+            opts,
+            stop_accepting.clone(),
+            tracker.clone(),
+            observed("main"),
+        )),
+        tokio::spawn(server::serve(
+            admin_listener,
+            admin,
+            admin_opts,
+            stop_accepting.clone(),
+            tracker.clone(),
+            observed("admin"),
+        )),
     ];
-    tracing::info!(%addr, %admin_addr, upstream = %config.upstream.url, "sluice listening");
+    tracing::info!(%addr, %admin_addr, upstream = %config.upstream.url, max_connections = opts.max_connections, "sluice listening");
     Ok(Running {
         addr,
         admin_addr,
         metrics,
-        shutdown,
+        stop_accepting,
+        stop_work,
+        queue,
         health,
+        grace: opts.grace,
+        tracker,
         tasks,
     })
 }
@@ -178,17 +241,34 @@ async fn front(State(front): State<Front>, req: Request) -> Response<Body> {
 // === impl Running ===
 
 impl Running {
-    /// Stops accepting; in-flight requests get the configured grace period.
+    /// Starts a graceful shutdown: `/readyz` turns 503, the listeners close, connections
+    /// finish their requests, every client waiting for its send is answered shortly before
+    /// the grace period ends, and the dispatcher keeps sending until then.
     pub fn shutdown(&self) {
         self.health.set_shutting_down();
-        self.shutdown.cancel();
+        let margin = (self.grace / 4).min(ANSWER_MARGIN);
+        self.queue
+            .answer_by(tokio::time::Instant::now() + self.grace.saturating_sub(margin));
+        self.stop_accepting.cancel();
     }
 
-    /// Waits until both servers have drained.
+    /// Waits until both servers have drained (at most the grace period), then stops the
+    /// dispatcher and waits (briefly) for the tasks still running.
     pub async fn wait(self) -> io::Result<()> {
+        let mut result = Ok(());
         for task in self.tasks {
-            task.await.map_err(io::Error::other)??;
+            if let Err(e) = task.await.map_err(io::Error::other).and_then(|r| r) {
+                result = Err(e);
+            }
         }
-        Ok(())
+        self.stop_work.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(TASKS_AFTER_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("tasks still running after the grace period; leaving them");
+        }
+        result
     }
 }

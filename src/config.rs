@@ -61,6 +61,9 @@ pub struct QueueConfig {
     /// How far the API's clock may be behind sluice's: a message the lookup finds counts
     /// as this send's if the API created it at most this long before the attempt began.
     pub reconcile_clock_skew_ms: u64,
+    /// Per-key state in memory (a cooldown gate, rate limiter cells, metric series) of a
+    /// key idle this long is dropped.
+    pub key_idle_secs: u64,
 }
 
 /// `[server]`: the listeners and what the proxy accepts from clients.
@@ -75,7 +78,26 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// How long a client may take to send its request headers.
     pub header_read_timeout_ms: u64,
-    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.
+    /// How long a new connection may take to send its first byte.
+    pub first_byte_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// The longest pause while a request body is sent; a body that stops longer is cut off
+    /// (408).
+    pub body_read_timeout_ms: u64,
+    /// After the first `body_read_timeout_ms` of a body, the slowest average rate allowed,
+    /// in bytes per second (0: none). Slower bodies are cut off (408).
+    pub body_min_rate_bytes_per_sec: u64,
+    /// Most open client connections on the main listener (0: three quarters of the open
+    /// file limit). At the cap, the connection idle the longest is closed for a new one.
+    pub max_connections: usize,
+    /// Most client requests handled at once; more are answered 503 at once (load shedding).
+    pub max_concurrent_requests: usize,
+    /// Whether `/readyz` also requires the messaging API to be reachable. Off by default:
+    /// during an API outage sluice still takes sends into its queue.
+    pub ready_requires_upstream: bool,
+    /// On SIGTERM/Ctrl-C, how long in-flight requests may take to finish; clients waiting
+    /// for their send are answered before it ends.
     pub shutdown_grace_ms: u64,
     /// Where durable state lives.
     pub data_dir: PathBuf,
@@ -210,6 +232,29 @@ impl Config {
         if self.upstream.request_timeout_ms == 0 {
             return invalid("upstream.request_timeout_ms", "must be greater than 0");
         }
+        for (key, value) in [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.first_byte_timeout_ms",
+                self.server.first_byte_timeout_ms,
+            ),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+            (
+                "server.max_concurrent_requests",
+                self.server.max_concurrent_requests as u64,
+            ),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
         if self.upstream.outage_probe_base_ms == 0 {
             return invalid("upstream.outage_probe_base_ms", "must be greater than 0");
         }
@@ -292,6 +337,7 @@ impl Default for QueueConfig {
             recipients_per_sec: 0,
             reconcile_delay_ms: 2_000,
             reconcile_clock_skew_ms: 1_000,
+            key_idle_secs: 600,
         }
     }
 }
@@ -303,6 +349,13 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             max_body_bytes: 128 * 1024 * 1024,
             header_read_timeout_ms: 10_000,
+            first_byte_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            body_min_rate_bytes_per_sec: 1024,
+            max_connections: 0,
+            max_concurrent_requests: 4096,
+            ready_requires_upstream: false,
             shutdown_grace_ms: 10_000,
             data_dir: PathBuf::from("sluice-data"),
         }

@@ -32,6 +32,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("the request body could not be read: {detail}")]
     ClientBody { detail: String },
+    #[error("{detail}; nothing was done with this request. Send the body without pauses.")]
+    ClientTooSlow { detail: String },
     #[error("sluice forwards only to its configured messaging API; absolute-form request targets are refused. Send the path only (e.g. GET /api/v1/viber-services).")]
     AbsoluteForm,
     #[error("sluice forwards only to its configured messaging API; CONNECT tunnels are refused.")]
@@ -50,12 +52,27 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ClientBody { .. } | Self::AbsoluteForm => StatusCode::BAD_REQUEST,
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ClientTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
     /// The envelope's `error` field: the status's reason phrase, as the API uses it.
     fn title(&self) -> &'static str {
         self.status().canonical_reason().unwrap_or("Error")
+    }
+
+    /// A failure reading the client's body: too slow (408, see [`crate::layers`]) or
+    /// broken (400).
+    pub fn client_body(e: &(dyn std::error::Error + 'static)) -> Self {
+        if crate::layers::is_slow_body(e) {
+            Self::ClientTooSlow {
+                detail: e.to_string(),
+            }
+        } else {
+            Self::ClientBody {
+                detail: e.to_string(),
+            }
+        }
     }
 
     /// The one mapping from an internal error to what the client sees.

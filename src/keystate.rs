@@ -204,6 +204,30 @@ impl KeyState {
         }
     }
 
+    /// Drops what is known of keys idle for `idle` (their cooldown long over, no request
+    /// waiting) and their metric series; `maxAllowed` stays (one number per real key, and
+    /// saved in the store anyway). Returns how many keys were dropped.
+    pub fn evict_idle(&self, idle: Duration) -> usize {
+        let gone = self.cooldowns.evict_idle(idle);
+        let now = Instant::now();
+        self.room.retain(|_, r| r.until > now);
+        for id in &gone {
+            self.last_429.remove(id);
+            let label = id.to_string();
+            let m = &self.metrics;
+            let _ = m.cooldowns_started.remove_label_values(&[&label]);
+            for field in ["current_pending", "max_allowed", "available_capacity"] {
+                let _ = m.capacity.remove_label_values(&[&label, field]);
+            }
+        }
+        gone.len()
+    }
+
+    /// Keys with per-key state in memory (a cooldown gate), for the state gauge.
+    pub fn tracked(&self) -> usize {
+        self.cooldowns.len()
+    }
+
     /// Refreshes the cooldown gauge (called at scrape time).
     pub fn export_cooldowns(&self) {
         let gauge = &self.metrics.cooldown_remaining;

@@ -3,7 +3,9 @@
 //! Apps call sluice instead of the API: same paths, same bodies, same error format.
 //! Module map (one concern each):
 //! - [`config`], [`cli`]: what the operator sets, and how.
-//! - [`app`]: assembling a running proxy; [`server`]: the HTTP accept loop.
+//! - [`app`]: assembling a running proxy; [`server`]: the HTTP accept loop and its
+//!   connection limits; [`layers`]: the tower layers every request passes (load shedding,
+//!   panics, slow bodies).
 //! - [`proxy`]: pass-through forwarding with retries; [`upstream`]: the pooled client.
 //! - [`retry`]: when to retry and how long to wait (pure), and per-key cooldowns.
 //! - [`apikey`]: key cleaning, injection, fingerprints; [`request_id`]: ids and access log.
@@ -14,7 +16,8 @@
 //! - [`validate`]: the API's documented rules checked before anything is sent (phone
 //!   numbers, media URLs, templates, malformed bodies), answered in the API's format.
 //! - [`api`]: the provider's wire shapes; [`error`]: the proxy's own errors, mapped once.
-//! - [`metrics`], [`admin`]: Prometheus metrics and the admin listener.
+//! - [`metrics`], [`admin`], [`health`]: Prometheus metrics, the admin listener and what
+//!   `/healthz` and `/readyz` report.
 //! - [`simulator`]: an in-memory simulator of the API; [`demo`]: both in one process.
 #![forbid(unsafe_code)]
 
@@ -27,7 +30,9 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod keystate;
+pub mod layers;
 pub mod metrics;
 pub mod proxy;
 pub mod queue;

@@ -2,6 +2,7 @@
 //! turns Ctrl-C/SIGTERM into a graceful shutdown.
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -9,6 +10,9 @@ use sluice::cli::{Cli, Command};
 use sluice::config::{Config, LogFormat};
 use sluice::{apikey::ApiKey, app, demo, simulator};
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,15 +56,23 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 None => Config::default(),
             };
             args.apply(&mut config);
-            init_logging(&cli.log_format, &cli.log_level, &config);
+            let logs = init_logging(&cli.log_format, &cli.log_level, &config);
             config.validate()?;
             let key = ApiKey::load(
                 std::env::var("SLUICE_API_KEY").ok(),
                 config.upstream.api_key_file.as_deref(),
             )?;
             let running = app::start(&config, key).await?;
+            tokio::spawn(reload_on_hangup(
+                logs,
+                args.config.clone(),
+                cli.log_level.clone(),
+            ));
             shutdown.cancelled().await;
-            tracing::info!("shutting down: no new connections, finishing in-flight requests");
+            tracing::info!(
+                grace_ms = config.server.shutdown_grace_ms,
+                "shutting down: no new connections; queued sends go on and waiting clients are answered within the grace period"
+            );
             running.shutdown();
             running.wait().await?;
             tracing::info!("stopped");
@@ -84,22 +96,74 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Logging to stdout: flags over config; `RUST_LOG` over both.
-fn init_logging(format: &Option<LogFormat>, level: &Option<String>, config: &Config) {
+/// Changes the log filter while running (on SIGHUP).
+type LogHandle = reload::Handle<EnvFilter, Registry>;
+
+/// Logging to stdout: flags over config; `RUST_LOG` over both. Returns the handle that
+/// changes the filter later.
+fn init_logging(format: &Option<LogFormat>, level: &Option<String>, config: &Config) -> LogHandle {
     let level = level.clone().unwrap_or_else(|| config.log.level.clone());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     match format.unwrap_or(config.log.format) {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+            )
             .init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text => registry.with(fmt::layer()).init(),
     }
+    handle
+}
+
+/// SIGHUP reloads what can change while running, the log level (from `--log-level`, else
+/// the config file read again), and says that the rest needs a restart. It never stops
+/// sluice, whatever the file holds.
+async fn reload_on_hangup(logs: LogHandle, file: Option<PathBuf>, flag: Option<String>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; it would stop sluice");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            if std::env::var_os("RUST_LOG").is_some() {
+                tracing::warn!("SIGHUP: RUST_LOG is set, so the log level stays; nothing else is reloaded while running (restart for other settings)");
+                continue;
+            }
+            let level = match (&flag, &file) {
+                (Some(level), _) => Ok(level.clone()),
+                (None, Some(path)) => Config::load(path).map(|c| c.log.level),
+                (None, None) => Ok(Config::default().log.level),
+            };
+            let applied = level
+                .map_err(|e| e.to_string())
+                .and_then(|l| {
+                    EnvFilter::try_new(&l)
+                        .map(|f| (l, f))
+                        .map_err(|e| e.to_string())
+                })
+                .and_then(|(l, f)| logs.reload(f).map(|()| l).map_err(|e| e.to_string()));
+            match applied {
+                Ok(level) => {
+                    tracing::warn!(%level, "SIGHUP: log level reloaded; other settings apply at the next start")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: nothing reloaded; sluice goes on as it was")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (logs, file, flag);
 }
 
 /// A token cancelled on the first Ctrl-C or SIGTERM.

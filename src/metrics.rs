@@ -52,6 +52,10 @@ pub struct Metrics {
     pub upstream_waiting: IntGauge,
     pub reconciliations: IntCounterVec,
     pub recipients_uncertain: IntCounterVec,
+    pub connections_open: IntGaugeVec,
+    pub connections_closed: IntCounterVec,
+    pub requests_shed: IntCounter,
+    pub state_entries: IntGaugeVec,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -286,6 +290,29 @@ impl Metrics {
                 "sluice_queue_recipients_uncertain_total",
                 "Recipients in parts whose fate stayed unknown (answers lost and the lookup could not tell), recorded as uncertain instead of being sent a third time; by route.",
                 &["route"],
+            ),
+            connections_open: gauge_vec(
+                &registry,
+                "sluice_connections_open",
+                "Client connections open, by listener (main, admin).",
+                &["listener"],
+            ),
+            connections_closed: counter_vec(
+                &registry,
+                "sluice_connections_closed_total",
+                "Client connections sluice closed itself, by listener and reason: first_byte_timeout (nothing sent), idle_timeout (no request for server.idle_timeout_ms), evicted_at_cap (the longest-idle one, to make room at server.max_connections), refused_at_cap (every one busy).",
+                &["listener", "reason"],
+            ),
+            requests_shed: counter(
+                &registry,
+                "sluice_requests_shed_total",
+                "Requests answered 503 at once because server.max_concurrent_requests were already being handled (load shedding).",
+            ),
+            state_entries: gauge_vec(
+                &registry,
+                "sluice_state_entries",
+                "Entries of per-key and per-request state held in memory, by kind: waiters (jobs a client waits for), cooldown_gates (keys that met a 429 lately), bulk_locks, rate_limiter_keys. Keys idle for queue.key_idle_secs are dropped. Computed at scrape time.",
+                &["kind"],
             ),
             registry,
         };

@@ -643,9 +643,7 @@ async fn malformed_input_is_a_400_envelope_never_a_500() {
         );
     }
     // Too large for server.max_body_bytes: 413 in the same envelope.
-    let many: Vec<Value> = std::iter::repeat(json!("38970123456"))
-        .take(10_000)
-        .collect();
+    let many: Vec<Value> = std::iter::repeat_n(json!("38970123456"), 10_000).collect();
     let huge = bulk_of(&many);
     for path in [bulk, single, templates] {
         let (status, answer) = post_json(&proxy, path, huge.clone()).await;

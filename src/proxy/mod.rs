@@ -26,9 +26,9 @@ use tokio::time::Instant;
 
 pub use headers::strip_hop_by_hop;
 
-use crate::admin::Health;
 use crate::apikey::{self, ApiKey, KeyId};
 use crate::error::ProxyError;
+use crate::health::Health;
 use crate::keystate::{KeyState, Stored};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::retry::{self, Change, Class, Outage, Outcome, Pass, Permit, RetryPolicy, Verdict};
@@ -293,9 +293,7 @@ impl Inner {
                 match limited.collect().await {
                     Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
                     Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-                    Err(e) => Err(ProxyError::ClientBody {
-                        detail: e.to_string(),
-                    }),
+                    Err(e) => Err(ProxyError::client_body(e.as_ref())),
                 }
             }
             _ => Ok(Payload::Stream(Some(Body::new(Limited::new(

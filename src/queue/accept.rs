@@ -239,9 +239,8 @@ impl Queue {
             skipped: skipped_json.clone(),
             now_ms: meta.created_at,
         };
-        let notify = q.dispatcher.watch(&id);
+        let watch = q.dispatcher.watch(&id);
         if let Err(e) = q.store.insert_job(job).await {
-            q.dispatcher.unwatch(&id);
             q.metrics
                 .queue_rejected
                 .with_label_values(&[&route.name, "store"])
@@ -269,12 +268,12 @@ impl Queue {
         tracing::info!(job = %id, route = %route.name, recipients, parts = record.parts.len(), "job accepted");
 
         if pref.respond_async {
-            q.dispatcher.unwatch(&id);
             return Ok(accepted(&record, &pref));
         }
         let deadline = Instant::now() + pref.wait.unwrap_or(q.sync_wait);
-        let latest = self.wait_for(&id, &key_id.full(), &notify, deadline).await;
-        q.dispatcher.unwatch(&id);
+        let latest = self
+            .wait_for(&id, &key_id.full(), watch.notify(), deadline)
+            .await;
         Ok(match latest {
             Some(job) if is_final(job.state) => finished_answer(&job),
             // Not finished in time: the job as it is now (parts may have been accepted).
@@ -292,6 +291,7 @@ impl Queue {
         notify: &Notify,
         deadline: Instant,
     ) -> Option<JobRecord> {
+        let mut stopping = self.inner.answer_by.subscribe();
         loop {
             let notified = notify.notified();
             tokio::pin!(notified);
@@ -301,7 +301,17 @@ impl Queue {
                 Ok(Some(job)) => job,
                 Ok(None) | Err(_) => return None,
             };
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            // At shutdown, the answer is due before the grace period ends.
+            let until = match *stopping.borrow_and_update() {
+                Some(by) => deadline.min(by),
+                None => deadline,
+            };
+            let woken = tokio::select! {
+                () = &mut notified => true,
+                _ = stopping.changed() => true,
+                () = tokio::time::sleep_until(until) => false,
+            };
+            if !woken {
                 // One last read, so the answer shows what happened during the wait.
                 return match self.inner.store.job(id, owner).await {
                     Ok(Some(latest)) => Some(latest),
@@ -398,9 +408,7 @@ pub(crate) async fn read_body(body: Body, max: u64) -> Result<Bytes, ProxyError>
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge { limit: max })
         }
-        Err(e) => Err(ProxyError::ClientBody {
-            detail: e.to_string(),
-        }),
+        Err(e) => Err(ProxyError::client_body(e.as_ref())),
     }
 }
 

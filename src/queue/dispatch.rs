@@ -41,8 +41,8 @@ use super::reconcile::Turn;
 use super::scheduler::{schedule, Entry};
 use super::settle::Attempt;
 use super::store::{Dispatchable, Store, StoreError};
-use crate::admin::Health;
 use crate::apikey::{ApiKey, KeyId};
+use crate::health::Health;
 use crate::keystate::{KeyState, Stored};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::retry::{Change, Outcome, Pass};
@@ -73,6 +73,13 @@ pub struct DispatchSettings {
     pub clock_skew: Duration,
     /// Told whether each attempt reached the API (for `/readyz`).
     pub health: Arc<Health>,
+}
+
+/// A waiter's registration for a job's progress; dropping it unregisters.
+pub struct Watch {
+    job: String,
+    notify: Arc<Notify>,
+    inner: Arc<Inner>,
 }
 
 /// Recipients and bytes accepted and not yet final: the back-pressure figures.
@@ -162,22 +169,65 @@ impl Dispatcher {
         )
     }
 
+    /// Drops per-key state idle for `idle` (see [`KeyState::evict_idle`]).
+    pub fn evict_idle(&self, idle: Duration) -> usize {
+        self.inner.evict_idle();
+        self.inner.keys.evict_idle(idle)
+    }
+
+    /// Entries of per-request and per-key state held in memory, by kind, for the state
+    /// gauge: jobs with a client waiting, keys with a cooldown gate, keys with a bulk lock,
+    /// keys in the rate limiters.
+    pub fn state_sizes(&self) -> [(&'static str, usize); 4] {
+        let i = &self.inner;
+        [
+            ("waiters", i.waiters.len()),
+            ("cooldown_gates", i.keys.tracked()),
+            ("bulk_locks", i.serial.len()),
+            (
+                "rate_limiter_keys",
+                i.requests.as_ref().map_or(0, |l| l.len())
+                    + i.recipients.as_ref().map_or(0, |(l, _)| l.len()),
+            ),
+        ]
+    }
+
     /// Whether the API is unreachable (an outage: the upstream breaker is open).
     pub fn upstream_down(&self) -> bool {
         self.inner.upstream.breaker().is_open()
     }
 
-    /// A notifier that fires whenever a part of `job` reaches a final state.
-    pub fn watch(&self, job: &str) -> Arc<Notify> {
-        self.inner
+    /// A notifier that fires whenever a part of `job` reaches a final state, for as long
+    /// as the returned guard lives (however the waiter ends: answered, or its client gone).
+    pub fn watch(&self, job: &str) -> Watch {
+        let notify = self
+            .inner
             .waiters
             .entry(job.to_string())
             .or_default()
-            .clone()
+            .clone();
+        Watch {
+            job: job.to_string(),
+            notify,
+            inner: Arc::clone(&self.inner),
+        }
     }
+}
 
-    pub fn unwatch(&self, job: &str) {
-        self.inner.waiters.remove(job);
+// === impl Watch ===
+
+impl Watch {
+    pub fn notify(&self) -> &Notify {
+        &self.notify
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // The map holds one reference and each watcher one: the last watcher removes it.
+        self.inner
+            .waiters
+            .remove_if(&self.job, |_, n| Arc::strong_count(n) <= 2);
     }
 }
 
@@ -213,6 +263,20 @@ impl Inner {
         };
         sub(&b.recipients, recipients);
         sub(&b.bytes, bytes);
+    }
+
+    /// Drops per-key state that nothing uses: the bulk locks of keys with no part waiting
+    /// or sending, and the rate limiters' cells of keys not seen lately.
+    fn evict_idle(&self) {
+        self.serial.retain(|_, lock| Arc::strong_count(lock) > 1);
+        if let Some(limiter) = &self.requests {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        if let Some((limiter, _)) = &self.recipients {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 
     pub(super) fn notify(&self, job: &str) {

@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::Health;
 use crate::apikey::{ApiKey, KeyId};
 use crate::config::Config;
+use crate::health::Health;
 use crate::keystate::{KeyState, Learned, Stored};
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
@@ -56,6 +56,8 @@ struct QueueInner {
     max_body: u64,
     max_queued_recipients: u64,
     max_queued_bytes: u64,
+    /// Set at shutdown: every client waiting for its send is answered by then.
+    answer_by: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
 
 // === impl Queue ===
@@ -106,8 +108,18 @@ impl Queue {
             }
         }
         if let Some(changed) = keys.saved() {
-            tokio::spawn(save_keys(store.clone(), keys.clone(), changed, shutdown));
+            tokio::spawn(save_keys(
+                store.clone(),
+                keys.clone(),
+                changed,
+                shutdown.clone(),
+            ));
         }
+        tokio::spawn(evict_idle(
+            dispatcher.clone(),
+            Duration::from_secs(q.key_idle_secs),
+            shutdown,
+        ));
         let unfinished = store.unfinished().await?;
         if !unfinished.is_empty() {
             tracing::info!(
@@ -134,8 +146,16 @@ impl Queue {
                 max_body: config.server.max_body_bytes,
                 max_queued_recipients: q.max_queued_recipients,
                 max_queued_bytes: q.max_queued_bytes,
+                answer_by: tokio::sync::watch::Sender::new(None),
             }),
         })
+    }
+
+    /// Shutdown: every client waiting for its send is answered by `deadline` (the API's
+    /// answer if it came, else a 202 naming its stored job); the dispatcher keeps sending
+    /// until the queue's shutdown token is cancelled.
+    pub fn answer_by(&self, deadline: tokio::time::Instant) {
+        self.inner.answer_by.send_replace(Some(deadline));
     }
 
     pub fn routes(&self) -> &RouteTable {
@@ -152,6 +172,9 @@ impl Queue {
         m.store_writable.set(i64::from(self.is_writable()));
         m.upstream_up
             .set(i64::from(!self.inner.dispatcher.upstream_down()));
+        for (kind, n) in self.inner.dispatcher.state_sizes() {
+            m.state_entries.with_label_values(&[kind]).set(n as i64);
+        }
         match self.inner.store.stats(dispatch::now_ms()).await {
             Ok(stats) => {
                 for (state, n) in &stats.jobs {
@@ -170,6 +193,24 @@ impl Queue {
                 m.queue_disk_bytes.set(stats.db_bytes as i64);
             }
             Err(e) => tracing::warn!(error = %e, "cannot read queue statistics"),
+        }
+    }
+}
+
+/// Every so often, drops per-key state idle for `idle`, so that keys clients invent (and
+/// keys no longer used) cannot grow memory without bound.
+async fn evict_idle(dispatcher: Dispatcher, idle: Duration, shutdown: CancellationToken) {
+    let every = (idle / 2).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let gone = dispatcher.evict_idle(idle);
+        if gone > 0 {
+            tracing::debug!(keys = gone, "idle per-key state dropped");
         }
     }
 }

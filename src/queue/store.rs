@@ -85,11 +85,16 @@ pub struct Store {
     readers: Arc<reader::Readers>,
     /// False from a failed write until a later commit succeeds; see [`Store::is_writable`].
     writable: Arc<AtomicBool>,
+    /// The data dir's lock, held for the store's life: one sluice per data dir.
+    _lock: std::fs::File,
 }
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Another sluice holds the data dir (it has its lock file locked).
+    #[error("the data dir {dir} is in use by pid {pid}: one sluice per data dir (stop it, or give this one its own --data-dir)")]
+    InUse { dir: PathBuf, pid: String },
     /// The store could not be opened: the data dir or file cannot be created or written,
     /// the file is not a database, or it was written by a newer sluice.
     #[error("cannot open the job store at {path}: {source}")]
@@ -423,19 +428,29 @@ impl Synchronous {
 
 impl Store {
     /// Opens (or creates) `dir/sluice.db`: creates the dir (mode 0700) and the file (mode
-    /// 0600), turns on WAL, sets `synchronous`, creates or migrates the schema, and writes
-    /// a row as a test, so a store that cannot be written fails here, loudly, rather than
-    /// at the first accept.
+    /// 0600), locks the dir (`sluice.lock`: a second sluice on the same dir gets
+    /// [`StoreError::InUse`]), turns on WAL, sets `synchronous`, creates or migrates the
+    /// schema, and writes a row as a test. A store that cannot be opened fails here, loudly;
+    /// one that opens but cannot be written to (a full disk) opens not writable
+    /// ([`Store::is_writable`]), so sends are refused until space returns while the rest of
+    /// sluice serves.
     pub fn open(dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
         let path = dir.join(DB_FILE);
         let open_error = |source| StoreError::Open {
             path: path.clone(),
             source,
         };
-        let conn = schema::open_writer(dir, &path, sync).map_err(open_error)?;
+        let lock = schema::lock_dir(dir).map_err(|e| match e {
+            schema::LockError::InUse(pid) => StoreError::InUse {
+                dir: dir.to_owned(),
+                pid,
+            },
+            schema::LockError::Io(e) => open_error(e),
+        })?;
+        let (conn, writable) = schema::open_writer(dir, &path, sync).map_err(open_error)?;
         let readers = Arc::new(reader::Readers::new(path.clone()));
         readers.warm().map_err(|e| open_error(Box::new(e)))?;
-        let writable = Arc::new(AtomicBool::new(true));
+        let writable = Arc::new(AtomicBool::new(writable));
         let (ops, queue) = mpsc::channel();
         let flag = Arc::clone(&writable);
         let thread = std::thread::Builder::new()
@@ -447,6 +462,7 @@ impl Store {
             thread: Some(thread),
             readers,
             writable,
+            _lock: lock,
         })
     }
 

@@ -41,7 +41,7 @@ pub struct Breaker {
 /// caller, as with a cooldown [`Permit`].
 #[must_use = "report whether the attempt reached the API"]
 pub struct Pass {
-    permit: Permit,
+    permit: Permit<()>,
     breaker: Arc<Breaker>,
 }
 

@@ -10,8 +10,12 @@
 //! every transition is made under the channel's lock and wakes every waiter, and a waiter
 //! marks the version it has seen in the same step as reading the state, so no wake-up is
 //! lost. No lock is held across an `.await`. Keys are whatever the caller uses to tell API keys
-//! apart (a fingerprint, never the key itself); their number is expected to be small, and
-//! a key's entry is kept for the life of the [`Cooldowns`].
+//! apart (a fingerprint, never the key itself).
+//!
+//! State is kept only for keys that met a 429: a key with no entry is open, and its
+//! permits hold no gate until one of them reports a 429. [`Cooldowns::evict_idle`] drops
+//! the entries that say nothing any more (open, or cooled down long ago) and that no
+//! permit holds, so keys that clients invent cannot grow the map without bound.
 
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +28,7 @@ use tokio::time::Instant;
 
 /// The cooldowns of all keys.
 pub struct Cooldowns<K> {
-    gates: DashMap<K, Arc<Gate>>,
+    gates: Arc<DashMap<K, Arc<Gate>>>,
 }
 
 /// The right to send one request for a key, from [`Cooldowns::acquire`].
@@ -33,10 +37,14 @@ pub struct Cooldowns<K> {
 /// or [`rate_limited`](Self::rate_limited). A probe permit dropped without a report (an
 /// error, a cancelled request) gives the probe role to the next waiter.
 #[must_use = "report the request's result, or the probe role passes to another request"]
-pub struct Permit {
-    gate: Arc<Gate>,
+pub struct Permit<K: Eq + Hash + Clone = crate::apikey::KeyId> {
+    /// The key's gate; `None` for a key that has never cooled down (it is open).
+    gate: Option<Arc<Gate>>,
     /// `Some(id)` while this permit is the key's unreported probe.
     probe: Option<u64>,
+    /// Where the key's gate is made if this permit reports a 429.
+    gates: Arc<DashMap<K, Arc<Gate>>>,
+    key: K,
 }
 
 /// The state of one key.
@@ -72,7 +80,16 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
     /// No key cooling down.
     pub fn new() -> Self {
         Self {
-            gates: DashMap::new(),
+            gates: Arc::new(DashMap::new()),
+        }
+    }
+
+    fn permit(&self, key: &K, gate: Option<Arc<Gate>>, probe: Option<u64>) -> Permit<K> {
+        Permit {
+            gate,
+            probe,
+            gates: Arc::clone(&self.gates),
+            key: key.clone(),
         }
     }
 
@@ -82,8 +99,10 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
     /// caller waits for the cooldown's end (however often it is extended). Then exactly one
     /// caller goes as the probe ([`Permit::is_probe`]); the others wait for the probe's
     /// report. Cancel-safe: dropping the future while it waits leaves no trace.
-    pub async fn acquire(&self, key: &K) -> Permit {
-        let gate = self.gate(key);
+    pub async fn acquire(&self, key: &K) -> Permit<K> {
+        let Some(gate) = self.existing(key) else {
+            return self.permit(key, None, None);
+        };
         let mut changes = gate.phase.subscribe();
         loop {
             // Reading the phase marks its version seen, in one step: any transition after
@@ -92,7 +111,7 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
             let phase = *changes.borrow_and_update();
             let now = Instant::now();
             match phase {
-                Phase::Open => return Permit { gate, probe: None },
+                Phase::Open => return self.permit(key, Some(gate), None),
                 Phase::Cooling { until } if until > now => {
                     tokio::select! {
                         () = tokio::time::sleep_until(until) => {}
@@ -101,10 +120,7 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
                 }
                 Phase::Cooling { .. } => {
                     if let Some(id) = gate.take_probe(now) {
-                        return Permit {
-                            gate,
-                            probe: Some(id),
-                        };
+                        return self.permit(key, Some(gate), Some(id));
                     }
                     // Another request changed the phase first: read it again.
                 }
@@ -119,18 +135,17 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
     /// [`acquire`](Self::acquire) without waiting: a permit if a request for `key` may go
     /// now (the key is open, or its cooldown is over and this caller becomes the probe),
     /// else `Err` with the time left in the cooldown (`None`: a probe is in flight).
-    pub fn try_acquire(&self, key: &K) -> Result<Permit, Option<Duration>> {
-        let gate = self.gate(key);
+    pub fn try_acquire(&self, key: &K) -> Result<Permit<K>, Option<Duration>> {
+        let Some(gate) = self.existing(key) else {
+            return Ok(self.permit(key, None, None));
+        };
         let now = Instant::now();
         let phase = *gate.phase.borrow();
         match phase {
-            Phase::Open => Ok(Permit { gate, probe: None }),
+            Phase::Open => Ok(self.permit(key, Some(gate), None)),
             Phase::Cooling { until } if until > now => Err(Some(until - now)),
             Phase::Cooling { .. } => match gate.take_probe(now) {
-                Some(id) => Ok(Permit {
-                    gate,
-                    probe: Some(id),
-                }),
+                Some(id) => Ok(self.permit(key, Some(gate), Some(id))),
                 // Another caller changed the phase first: it is probing, or cooling again.
                 None => Err(gate.remaining(now)),
             },
@@ -164,19 +179,59 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
         }
     }
 
+    /// Keys with a gate (keys that met a 429 and were not evicted since).
+    pub fn len(&self) -> usize {
+        self.gates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.gates.is_empty()
+    }
+
+    /// Drops the gates that no permit holds and that say nothing any more: open, or
+    /// whose cooldown ended at least `idle` ago. Returns the keys dropped.
+    pub fn evict_idle(&self, idle: Duration) -> Vec<K> {
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        self.gates.retain(|key, gate| {
+            let stale = match *gate.phase.borrow() {
+                Phase::Open => true,
+                Phase::Cooling { until } => until + idle <= now,
+                Phase::Probing { .. } => false,
+            };
+            // The map's own reference is the only one: no permit and no waiter holds it.
+            let keep = !(stale && Arc::strong_count(gate) == 1);
+            if !keep {
+                gone.push(key.clone());
+            }
+            keep
+        });
+        gone
+    }
+
+    /// The gate of `key`, if it has one.
+    fn existing(&self, key: &K) -> Option<Arc<Gate>> {
+        self.gates.get(key).map(|g| Arc::clone(&g))
+    }
+
     /// The gate of `key`, created open if it has none yet.
     fn gate(&self, key: &K) -> Arc<Gate> {
-        if let Some(gate) = self.gates.get(key) {
-            return Arc::clone(&gate);
-        }
-        let entry = self.gates.entry(key.clone()).or_default();
-        Arc::clone(&entry)
+        gate_in(&self.gates, key)
     }
+}
+
+/// The gate of `key` in `gates`, created open if it has none yet.
+fn gate_in<K: Eq + Hash + Clone>(gates: &DashMap<K, Arc<Gate>>, key: &K) -> Arc<Gate> {
+    if let Some(gate) = gates.get(key) {
+        return Arc::clone(&gate);
+    }
+    let entry = gates.entry(key.clone()).or_default();
+    Arc::clone(&entry)
 }
 
 // === impl Permit ===
 
-impl Permit {
+impl<K: Eq + Hash + Clone> Permit<K> {
     /// Whether this request is the probe sent after a cooldown, whose result decides
     /// whether the other waiting requests may go.
     pub fn is_probe(&self) -> bool {
@@ -186,27 +241,31 @@ impl Permit {
     /// The request got an answer other than a 429. A probe's success opens the gate for
     /// every waiting request; otherwise this is a no-op.
     pub fn succeeded(mut self) {
-        if let Some(id) = self.probe.take() {
-            self.gate.probe_succeeded(id);
+        if let (Some(id), Some(gate)) = (self.probe.take(), &self.gate) {
+            gate.probe_succeeded(id);
         }
     }
 
     /// The request got a 429: the key cools down for `wait` (see [`Cooldowns::on_rate_limited`]).
     pub fn rate_limited(mut self, wait: Duration) {
         self.probe = None;
-        self.gate.cool_for(wait);
+        let gate = match self.gate.take() {
+            Some(gate) => gate,
+            None => gate_in(&self.gates, &self.key),
+        };
+        gate.cool_for(wait);
     }
 }
 
-impl Drop for Permit {
+impl<K: Eq + Hash + Clone> Drop for Permit<K> {
     fn drop(&mut self) {
-        if let Some(id) = self.probe.take() {
-            self.gate.probe_abandoned(id);
+        if let (Some(id), Some(gate)) = (self.probe.take(), &self.gate) {
+            gate.probe_abandoned(id);
         }
     }
 }
 
-impl std::fmt::Debug for Permit {
+impl<K: Eq + Hash + Clone> std::fmt::Debug for Permit<K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
             .field("probe", &self.probe)

@@ -337,7 +337,7 @@ impl State {
             .records()
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.phone == phone && campaign.map_or(true, |id| r.campaign == id))
+            .filter(|(_, r)| r.phone == phone && campaign.is_none_or(|id| r.campaign == id))
             .filter_map(|(seq, r)| company.message_view(seq, r))
             .collect();
         Some(views)

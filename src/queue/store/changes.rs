@@ -458,7 +458,7 @@ fn load_job(
         })
         .optional()?;
     Ok(row
-        .filter(|(o, _)| owner.map_or(true, |owner| owner == o))
+        .filter(|(o, _)| owner.is_none_or(|owner| owner == o))
         .map(|(_, job)| job))
 }
 

@@ -115,14 +115,64 @@ CREATE TABLE IF NOT EXISTS key_state (
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
-/// Opens the writing connection, creating the dir and the file if needed, and proves that
-/// the file can be written.
+/// The lock file in the data dir; it holds the pid of the sluice that locked it.
+pub const LOCK_FILE: &str = "sluice.lock";
+
+/// Why the data dir could not be locked.
+pub(super) enum LockError {
+    /// Another process holds it; its pid as written in the lock file.
+    InUse(String),
+    Io(BoxError),
+}
+
+/// Creates the data dir if needed and takes its exclusive lock (`flock`), released when
+/// the returned file is closed (at exit, whatever the exit). Writes this process's pid in
+/// it for the message another instance shows.
+pub(super) fn lock_dir(dir: &Path) -> Result<std::fs::File, LockError> {
+    use std::io::{Read, Seek, Write};
+    create_private_dir(dir).map_err(LockError::Io)?;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| LockError::Io(format!("cannot open {}: {e}", path.display()).into()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(LockError::InUse(if pid.is_empty() {
+                "unknown".into()
+            } else {
+                pid.into()
+            }));
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(LockError::Io(
+                format!("cannot lock {}: {e}", path.display()).into(),
+            ))
+        }
+    }
+    // The pid is a courtesy for the message; a full disk must not stop the start.
+    let _ = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| write!(file, "{}", std::process::id()))
+        .and_then(|()| file.flush());
+    Ok(file)
+}
+
+/// Opens the writing connection, creating the file if needed; the flag says whether a
+/// test write succeeded (false on a full disk: the store opens, not writable).
 pub(super) fn open_writer(
     dir: &Path,
     path: &Path,
     sync: Synchronous,
-) -> Result<Connection, BoxError> {
-    create_private_dir(dir)?;
+) -> Result<(Connection, bool), BoxError> {
     create_private_file(path)?;
     let conn = Connection::open_with_flags(
         path,
@@ -140,8 +190,23 @@ pub(super) fn open_writer(
     conn.pragma_update(None, "synchronous", sync.pragma())?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     migrate(&conn)?;
-    write_test(&conn)?;
-    Ok(conn)
+    let writable = match write_test(&conn) {
+        Ok(()) => true,
+        Err(e) if is_disk_error(&e) => {
+            tracing::error!(error = %e, dir = %dir.display(), "the job store cannot be written (is the disk full?); sends are refused until it can, the rest of sluice serves");
+            false
+        }
+        Err(e) => return Err(format!("the write test failed: {e}").into()),
+    };
+    Ok((conn, writable))
+}
+
+/// Whether SQLite failed for the disk's sake (full, I/O error), not the database's.
+fn is_disk_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure)
+    )
 }
 
 /// Opens a connection for reads only.
@@ -181,14 +246,13 @@ fn migrate(conn: &Connection) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Writes (and commits) a row, so that a file SQLite opened but cannot write fails now.
-fn write_test(conn: &Connection) -> Result<(), BoxError> {
+/// Writes (and commits) a row, so that a file SQLite opened but cannot write is known now.
+fn write_test(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES ('opens', 1)
          ON CONFLICT (key) DO UPDATE SET value = value + 1",
         [],
-    )
-    .map_err(|e| format!("the write test failed: {e}"))?;
+    )?;
     Ok(())
 }
 

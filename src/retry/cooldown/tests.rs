@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 const KEY: &str = "fingerprint-a";
 
-type Passed = (usize, Instant, Permit);
+type Passed = (usize, Instant, Permit<&'static str>);
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -47,7 +47,7 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<Passed>) -> Vec<Passed> {
 }
 
 /// Takes the single permit that has passed, checking that it is the probe granted at `at`.
-fn only_probe(passed: Vec<Passed>, at: Instant) -> Permit {
+fn only_probe(passed: Vec<Passed>, at: Instant) -> Permit<&'static str> {
     assert_eq!(passed.len(), 1, "exactly one request goes after a cooldown");
     let (_, granted, permit) = passed.into_iter().next().unwrap();
     assert!(permit.is_probe());
