@@ -52,6 +52,8 @@ pub struct Metrics {
     pub upstream_waiting: IntGauge,
     pub reconciliations: IntCounterVec,
     pub recipients_uncertain: IntCounterVec,
+    pub idempotent_replays: IntCounterVec,
+    pub lenient_content_type: IntCounterVec,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -285,6 +287,18 @@ impl Metrics {
                 &registry,
                 "sluice_queue_recipients_uncertain_total",
                 "Recipients in parts whose fate stayed unknown (answers lost and the lookup could not tell), recorded as uncertain instead of being sent a third time; by route.",
+                &["route"],
+            ),
+            idempotent_replays: counter_vec(
+                &registry,
+                "sluice_idempotent_replays_total",
+                "Sends carrying an Idempotency-Key already used by the same API key within queue.idempotency_ttl_secs, by route and result: replayed (answered from the first send's job; no new job, nothing sent) or conflict (a different body or path: refused with a 422).",
+                &["route", "result"],
+            ),
+            lenient_content_type: counter_vec(
+                &registry,
+                "sluice_lenient_content_type_total",
+                "Sends and template creations accepted with a JSON body under a Content-Type that is not JSON but names no other format either (application/x-www-form-urlencoded, text/plain…), as the API accepts them; by route.",
                 &["route"],
             ),
             registry,

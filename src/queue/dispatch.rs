@@ -167,17 +167,51 @@ impl Dispatcher {
         self.inner.upstream.breaker().is_open()
     }
 
-    /// A notifier that fires whenever a part of `job` reaches a final state.
-    pub fn watch(&self, job: &str) -> Arc<Notify> {
-        self.inner
+    /// A notifier that fires whenever a part of `job` reaches a final state, for as long
+    /// as the returned [`Watch`] lives. Several may watch one job (a send and its
+    /// idempotent repeats): each is woken.
+    pub fn watch(&self, job: &str) -> Watch {
+        let notify = self
+            .inner
             .waiters
             .entry(job.to_string())
             .or_default()
-            .clone()
+            .clone();
+        Watch {
+            inner: self.inner.clone(),
+            job: job.to_string(),
+            notify: Some(notify),
+        }
     }
+}
 
-    pub fn unwatch(&self, job: &str) {
-        self.inner.waiters.remove(job);
+/// One watcher of a job's progress (see [`Dispatcher::watch`]); the last one dropped
+/// stops the dispatcher keeping a notifier for the job.
+pub struct Watch {
+    inner: Arc<Inner>,
+    job: String,
+    notify: Option<Arc<Notify>>,
+}
+
+// === impl Watch ===
+
+impl Watch {
+    pub fn notify(&self) -> &Notify {
+        // Only `drop` takes it.
+        self.notify
+            .as_deref()
+            .expect("a live watch has its notifier")
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        drop(self.notify.take());
+        // The map's clone is the last one: no one else watches. (A watcher arriving now
+        // either made its clone first, or finds the entry gone and makes a new one.)
+        self.inner
+            .waiters
+            .remove_if(&self.job, |_, n| Arc::strong_count(n) == 1);
     }
 }
 
@@ -462,9 +496,8 @@ impl Inner {
         }
         headers.insert(crate::apikey::HEADER, key);
         // Same recipients, same key, across every retry (harmless where the API ignores it).
-        let idem = format!("{}-{}-{}", part.job_id, part.items.start, part.items.end);
-        if let Ok(v) = HeaderValue::from_str(&idem) {
-            headers.insert("idempotency-key", v);
+        if let Some(v) = super::idempotency::upstream_key(part) {
+            headers.insert(super::idempotency::HEADER, v);
         }
         req
     }

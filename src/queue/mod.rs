@@ -3,7 +3,8 @@
 //!
 //! - [`store`]: SQLite, one writer thread with group commit; a job is on disk before
 //!   the client hears "accepted".
-//! - [`accept`]: turns a send into a job (split into parts) and answers the client.
+//! - [`accept`]: turns a send into a job (split into parts); `answer`: what the client
+//!   hears; [`idempotency`]: a client's `Idempotency-Key` names one job.
 //! - [`dispatch`]: sends parts, paced to the API's capacity; `scheduler`: when each part
 //!   may go; `settle`: what the dispatcher does with each answer (the failure policy).
 //! - [`policy`]: what each answer means for a part (pure); `reconcile`: looking a send up
@@ -12,7 +13,9 @@
 //! - [`jobs_api`]: `/sluice/v1/jobs…` for clients to follow, retry and cancel their jobs.
 
 pub mod accept;
+mod answer;
 pub mod dispatch;
+pub mod idempotency;
 pub mod jobs_api;
 pub mod lookup;
 pub mod plan;
@@ -56,7 +59,16 @@ struct QueueInner {
     max_body: u64,
     max_queued_recipients: u64,
     max_queued_bytes: u64,
+    /// `queue.idempotency_ttl_secs`, in milliseconds.
+    idempotency_ttl_ms: i64,
 }
+
+/// Most expired idempotency keys deleted by one write (the purge repeats until fewer are
+/// left), so a purge never holds the writer for long.
+const PURGE_BATCH: u32 = 1000;
+
+/// The longest time between two purges of expired idempotency keys.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 // === impl Queue ===
 
@@ -106,7 +118,12 @@ impl Queue {
             }
         }
         if let Some(changed) = keys.saved() {
-            tokio::spawn(save_keys(store.clone(), keys.clone(), changed, shutdown));
+            tokio::spawn(save_keys(
+                store.clone(),
+                keys.clone(),
+                changed,
+                shutdown.clone(),
+            ));
         }
         let unfinished = store.unfinished().await?;
         if !unfinished.is_empty() {
@@ -122,6 +139,12 @@ impl Queue {
             );
             dispatcher.enqueue(part);
         }
+        let idempotency_ttl = Duration::from_secs(q.idempotency_ttl_secs);
+        tokio::spawn(purge_idempotency(
+            store.clone(),
+            idempotency_ttl,
+            shutdown.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(QueueInner {
                 store,
@@ -134,6 +157,7 @@ impl Queue {
                 max_body: config.server.max_body_bytes,
                 max_queued_recipients: q.max_queued_recipients,
                 max_queued_bytes: q.max_queued_bytes,
+                idempotency_ttl_ms: i64::try_from(idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
             }),
         })
     }
@@ -193,6 +217,30 @@ async fn save_keys(
         let learned = keys.record(&id, now);
         if let Err(e) = store.save_key(key_record(id, learned, now)).await {
             tracing::warn!(key = %id, error = %e, "cannot save what was learned about a key");
+        }
+    }
+}
+
+/// Deletes expired idempotency keys now and then (lookups ignore them meanwhile): every
+/// `PURGE_EVERY`, or every TTL when that is shorter, in batches of `PURGE_BATCH`.
+async fn purge_idempotency(store: Arc<Store>, ttl: Duration, shutdown: CancellationToken) {
+    let every = ttl.clamp(Duration::from_secs(1), PURGE_EVERY);
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let before = dispatch::now_ms().saturating_sub(ttl_ms);
+        loop {
+            match store.purge_idempotency(before, PURGE_BATCH).await {
+                Ok(n) if n < PURGE_BATCH as usize => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot purge expired idempotency keys");
+                    break;
+                }
+            }
         }
     }
 }

@@ -156,24 +156,7 @@ mod tests {
     fn entry(bypass: bool) -> Entry {
         Entry {
             at: Instant::now(),
-            part: Dispatchable {
-                job_id: "j".into(),
-                seq: 0,
-                owner: String::new(),
-                api_key: None,
-                route: "bulk".into(),
-                method: "POST".into(),
-                path: "/".into(),
-                headers: Vec::new(),
-                items: 0..1,
-                bytes: 0..1,
-                attempts: 0,
-                next_attempt_at: None,
-                created_at: 0,
-                reconcile_from: None,
-                blind_resends: 0,
-                last_error: None,
-            },
+            part: Dispatchable::sample(),
             bypass,
         }
     }
