@@ -162,7 +162,7 @@ async fn the_same_key_twice_is_one_job_one_send_and_the_same_answer() {
     // The API saw the client's own key, as is.
     assert_eq!(w.upstream_keys(&path), ["order-1"]);
     assert_eq!(w.replays("single", "replayed"), 1);
-    // The job keeps the key with its headers; a send without a key is a new job.
+    // A send without a key is a new job, sent under sluice's own key.
     let other = post(&w.p, &path, &[], body).await;
     assert_ne!(job_of(&other.1), job_of(&first.1));
     assert_eq!(w.sim.stats().sends, 2);
