@@ -28,7 +28,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, Settings};
 use crate::queue::jobs_api;
 use crate::queue::store::StoreError;
-use crate::queue::Queue;
+use crate::queue::{Background, Queue};
 use crate::request_id::{self, RouteName};
 use crate::routes::RouteKind;
 use crate::server::{self, Observed, ServeOptions};
@@ -105,6 +105,7 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
     let keys = Arc::new(KeyState::new(config.retry_policy(), metrics.clone()));
     let stop_accepting = CancellationToken::new();
     let stop_work = CancellationToken::new();
+    let tracker = TaskTracker::new();
     let queue = Queue::open(
         config,
         upstream.clone(),
@@ -112,7 +113,10 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         metrics.clone(),
         own_key.clone(),
         health.clone(),
-        stop_work.clone(),
+        Background {
+            stop: stop_work.clone(),
+            tasks: tracker.clone(),
+        },
     )
     .await?;
     let proxy = Proxy::new(
@@ -166,7 +170,6 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         max_connections: ADMIN_CONNECTIONS,
         ..opts
     };
-    let tracker = TaskTracker::new();
     let observed = |listener| Observed {
         listener,
         metrics: metrics.clone(),

@@ -64,6 +64,9 @@ pub struct QueueConfig {
     /// Per-key state in memory (a cooldown gate, rate limiter cells, metric series) of a
     /// key idle this long is dropped.
     pub key_idle_secs: u64,
+    /// How long a client's `Idempotency-Key` on a send keeps naming the job it made: a
+    /// repeat within this time is answered from that job instead of making another.
+    pub idempotency_ttl_secs: u64,
 }
 
 /// `[server]`: the listeners and what the proxy accepts from clients.
@@ -291,6 +294,9 @@ impl Config {
         if self.queue.concurrency == 0 {
             return invalid("queue.concurrency", "must be at least 1");
         }
+        if self.queue.idempotency_ttl_secs == 0 {
+            return invalid("queue.idempotency_ttl_secs", "must be at least 1");
+        }
         for route in self.routes.iter().flatten() {
             if let Err(message) = route.validate() {
                 return Err(ConfigError::Invalid {
@@ -338,6 +344,7 @@ impl Default for QueueConfig {
             reconcile_delay_ms: 2_000,
             reconcile_clock_skew_ms: 1_000,
             key_idle_secs: 600,
+            idempotency_ttl_secs: 86_400,
         }
     }
 }
@@ -437,6 +444,10 @@ mod tests {
             ("[retry]\nmax_attempts = 0", "retry.max_attempts"),
             ("[retry]\nbackoff_cap_ms = 1", "retry.backoff_cap_ms"),
             ("[server]\nmax_body_bytes = 0", "server.max_body_bytes"),
+            (
+                "[queue]\nidempotency_ttl_secs = 0",
+                "queue.idempotency_ttl_secs",
+            ),
             ("[log]\nlevel = \"=[\"", "log.level"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();

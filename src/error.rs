@@ -34,6 +34,13 @@ pub enum ProxyError {
     ClientBody { detail: String },
     #[error("{detail}; nothing was done with this request. Send the body without pauses.")]
     ClientTooSlow { detail: String },
+    #[error("the request body is sent with Content-Encoding {encoding:?}, which sluice cannot decode. Send it uncompressed, or compressed with gzip or deflate.")]
+    UnsupportedEncoding { encoding: String },
+    #[error("the request body could not be decoded as {encoding} (its Content-Encoding): {detail}. Send it uncompressed, or check how it is compressed.")]
+    BadEncoding {
+        encoding: &'static str,
+        detail: String,
+    },
     #[error("sluice forwards only to its configured messaging API; absolute-form request targets are refused. Send the path only (e.g. GET /api/v1/viber-services).")]
     AbsoluteForm,
     #[error("sluice forwards only to its configured messaging API; CONNECT tunnels are refused.")]
@@ -50,7 +57,10 @@ impl ProxyError {
             | Self::UpstreamBody { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::ClientBody { .. } | Self::AbsoluteForm => StatusCode::BAD_REQUEST,
+            Self::ClientBody { .. } | Self::BadEncoding { .. } | Self::AbsoluteForm => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UnsupportedEncoding { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Connect => StatusCode::METHOD_NOT_ALLOWED,
             Self::ClientTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
         }

@@ -16,6 +16,7 @@
 //! - [`validate`]: the API's documented rules checked before anything is sent (phone
 //!   numbers, media URLs, templates, malformed bodies), answered in the API's format.
 //! - [`api`]: the provider's wire shapes; [`error`]: the proxy's own errors, mapped once.
+//! - [`body`]: reading a send's or template's body whole, undoing its Content-Encoding.
 //! - [`metrics`], [`admin`], [`health`]: Prometheus metrics, the admin listener and what
 //!   `/healthz` and `/readyz` report.
 //! - [`simulator`]: an in-memory simulator of the API; [`demo`]: both in one process.
@@ -25,6 +26,7 @@ pub mod admin;
 pub mod api;
 pub mod apikey;
 pub mod app;
+pub mod body;
 pub mod capacity;
 pub mod cli;
 pub mod config;

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub requests_shed: IntCounter,
     pub state_entries: IntGaugeVec,
+    pub idempotent_replays: IntCounterVec,
+    pub lenient_content_type: IntCounterVec,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -313,6 +315,18 @@ impl Metrics {
                 "sluice_state_entries",
                 "Entries of per-key and per-request state held in memory, by kind: waiters (jobs a client waits for), cooldown_gates (keys that met a 429 lately), bulk_locks, rate_limiter_keys. Keys idle for queue.key_idle_secs are dropped. Computed at scrape time.",
                 &["kind"],
+            ),
+            idempotent_replays: counter_vec(
+                &registry,
+                "sluice_idempotent_replays_total",
+                "Sends carrying an Idempotency-Key already used by the same API key within queue.idempotency_ttl_secs, by route and result: replayed (answered from the first send's job; no new job, nothing sent) or conflict (a different body or path: refused with a 422).",
+                &["route", "result"],
+            ),
+            lenient_content_type: counter_vec(
+                &registry,
+                "sluice_lenient_content_type_total",
+                "Sends and template creations accepted with a JSON body under a Content-Type that is not JSON but names no other format either (application/x-www-form-urlencoded, text/plain…), as the API accepts them; by route.",
+                &["route"],
             ),
             registry,
         };

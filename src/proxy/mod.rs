@@ -288,14 +288,9 @@ impl Inner {
         };
         match body.size_hint().exact() {
             Some(n) if n > self.max_body => Err(too_large),
-            Some(n) if n <= self.retry_buffer => {
-                let limited = Limited::new(body, self.max_body as usize);
-                match limited.collect().await {
-                    Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
-                    Err(e) => Err(ProxyError::client_body(e.as_ref())),
-                }
-            }
+            Some(n) if n <= self.retry_buffer => crate::body::read(body, self.max_body)
+                .await
+                .map(Payload::Replayable),
             _ => Ok(Payload::Stream(Some(Body::new(Limited::new(
                 body,
                 self.max_body as usize,

@@ -34,6 +34,7 @@ use http_body_util::{BodyExt, Limited};
 use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::plan;
 use super::policy::{self, Answer, Exhausted};
@@ -75,13 +76,6 @@ pub struct DispatchSettings {
     pub health: Arc<Health>,
 }
 
-/// A waiter's registration for a job's progress; dropping it unregisters.
-pub struct Watch {
-    job: String,
-    notify: Arc<Notify>,
-    inner: Arc<Inner>,
-}
-
 /// Recipients and bytes accepted and not yet final: the back-pressure figures.
 #[derive(Debug, Default)]
 pub struct Backlog {
@@ -117,6 +111,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         settings: DispatchSettings,
         shutdown: CancellationToken,
+        tasks: TaskTracker,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let limiter = |per_sec: u32| {
@@ -143,7 +138,13 @@ impl Dispatcher {
             backlog: Backlog::default(),
         });
         let per_key = inner.settings.concurrency;
-        tokio::spawn(schedule(inner.clone(), rx, per_key, shutdown));
+        tasks.spawn(schedule(
+            inner.clone(),
+            rx,
+            per_key,
+            shutdown,
+            tasks.clone(),
+        ));
         Self { inner }
     }
 
@@ -198,7 +199,8 @@ impl Dispatcher {
     }
 
     /// A notifier that fires whenever a part of `job` reaches a final state, for as long
-    /// as the returned guard lives (however the waiter ends: answered, or its client gone).
+    /// as the returned [`Watch`] lives. Several may watch one job (a send and its
+    /// idempotent repeats): each is woken.
     pub fn watch(&self, job: &str) -> Watch {
         let notify = self
             .inner
@@ -207,27 +209,40 @@ impl Dispatcher {
             .or_default()
             .clone();
         Watch {
+            inner: self.inner.clone(),
             job: job.to_string(),
-            notify,
-            inner: Arc::clone(&self.inner),
+            notify: Some(notify),
         }
     }
+}
+
+/// One watcher of a job's progress (see [`Dispatcher::watch`]); the last one dropped
+/// stops the dispatcher keeping a notifier for the job.
+pub struct Watch {
+    inner: Arc<Inner>,
+    job: String,
+    notify: Option<Arc<Notify>>,
 }
 
 // === impl Watch ===
 
 impl Watch {
     pub fn notify(&self) -> &Notify {
-        &self.notify
+        // Only `drop` takes it.
+        self.notify
+            .as_deref()
+            .expect("a live watch has its notifier")
     }
 }
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        // The map holds one reference and each watcher one: the last watcher removes it.
+        drop(self.notify.take());
+        // The map's clone is the last one: no one else watches. (A watcher arriving now
+        // either made its clone first, or finds the entry gone and makes a new one.)
         self.inner
             .waiters
-            .remove_if(&self.job, |_, n| Arc::strong_count(n) <= 2);
+            .remove_if(&self.job, |_, n| Arc::strong_count(n) == 1);
     }
 }
 
@@ -526,9 +541,8 @@ impl Inner {
         }
         headers.insert(crate::apikey::HEADER, key);
         // Same recipients, same key, across every retry (harmless where the API ignores it).
-        let idem = format!("{}-{}-{}", part.job_id, part.items.start, part.items.end);
-        if let Ok(v) = HeaderValue::from_str(&idem) {
-            headers.insert("idempotency-key", v);
+        if let Some(v) = super::idempotency::upstream_key(part) {
+            headers.insert(super::idempotency::HEADER, v);
         }
         req
     }

@@ -9,13 +9,18 @@
 //!   `{"jobs": […], "nextCursor": "…"|null}`.
 //! - `POST /sluice/v1/jobs/{id}/retry`: dead-lettered parts are queued again.
 //! - `DELETE /sluice/v1/jobs/{id}`: parts not yet sent are cancelled.
+//!
+//! A listed job is the same JSON as `GET /sluice/v1/jobs/{id}` shows, parts included (they
+//! are read for the whole page in one query). Every error is in the API's envelope: a
+//! method a path does not take (405, with `Allow`), an id that cannot be one (404, like an
+//! unknown id), a query parameter that is unknown or not a valid value (400 naming it).
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::routing::get;
 use axum::Router;
 use http::request::Parts;
-use http::{Response, StatusCode};
+use http::{header, HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -27,13 +32,18 @@ use crate::api::{self, text, Envelope};
 use crate::apikey;
 use crate::request_id::RouteName;
 
+/// The list's query parameters, as sent (each is checked by [`list`]).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
-    limit: Option<u32>,
+    limit: Option<String>,
     cursor: Option<String>,
 }
+
+/// The most jobs in one page, and the default.
+const MAX_LIMIT: u32 = 500;
+const DEFAULT_LIMIT: u32 = 50;
 
 /// The jobs routes, to merge into the main router.
 pub fn router(queue: Queue) -> Router {
@@ -47,11 +57,7 @@ pub fn router(queue: Queue) -> Router {
 
 // === handlers ===
 
-async fn show(
-    State(q): State<Queue>,
-    Path(id): Path<String>,
-    Owner(owner): Owner,
-) -> Response<Body> {
+async fn show(State(q): State<Queue>, JobId(id): JobId, Owner(owner): Owner) -> Response<Body> {
     current(&q, &id, &owner).await
 }
 
@@ -60,8 +66,14 @@ async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
     Owner(owner): Owner,
 ) -> Response<Body> {
-    let Ok(Query(query)) = query else {
-        return bad_request("Unknown query parameter: use state, limit and cursor.");
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(e) => {
+            return bad_request(&format!(
+                "{}: the parameters are state, limit and cursor.",
+                e.body_text()
+            ))
+        }
     };
     let state = match query.state.as_deref() {
         None => None,
@@ -69,12 +81,20 @@ async fn list(
             Some(state) => Some(state),
             None => {
                 return bad_request(
-                    "state must be one of queued, in_progress, succeeded, partially_failed, failed, cancelled.",
+                    "state must be one of queued, in_progress, succeeded, partially_failed, failed, cancelled, uncertain.",
                 )
             }
         },
     };
-    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    let limit = match query.limit.as_deref().map(str::parse::<u32>) {
+        None => DEFAULT_LIMIT,
+        Some(Ok(n)) => n.clamp(1, MAX_LIMIT),
+        Some(Err(_)) => {
+            return bad_request(&format!(
+            "limit must be a whole number from 1 to {MAX_LIMIT} (the default is {DEFAULT_LIMIT})."
+        ))
+        }
+    };
     let before = match query.cursor.as_deref().map(parse_cursor) {
         None => None,
         Some(Some(c)) => Some(c),
@@ -92,11 +112,7 @@ async fn list(
     }
 }
 
-async fn retry(
-    State(q): State<Queue>,
-    Path(id): Path<String>,
-    Owner(owner): Owner,
-) -> Response<Body> {
+async fn retry(State(q): State<Queue>, JobId(id): JobId, Owner(owner): Owner) -> Response<Body> {
     let seqs = match q.inner.store.retry_failed(&id, &owner, now_ms()).await {
         Ok(Some(seqs)) => seqs,
         Ok(None) => return not_found(),
@@ -118,11 +134,7 @@ async fn retry(
     current(&q, &id, &owner).await
 }
 
-async fn cancel(
-    State(q): State<Queue>,
-    Path(id): Path<String>,
-    Owner(owner): Owner,
-) -> Response<Body> {
+async fn cancel(State(q): State<Queue>, JobId(id): JobId, Owner(owner): Owner) -> Response<Body> {
     // The backlog is not touched here: every cancelled part is still in the scheduler,
     // and the dispatcher takes it out of the backlog when it meets it (the store then
     // refuses to send it). Doing it here too would count queued parts out twice.
@@ -155,9 +167,42 @@ impl FromRequestParts<Queue> for Owner {
     }
 }
 
-/// Labels every answer of this router as the `jobs` route.
-async fn label(mut resp: Response<Body>) -> Response<Body> {
+/// The job id of the path; one that is not even text (`%ff`) names no job: the same 404.
+struct JobId(String);
+
+impl FromRequestParts<Queue> for JobId {
+    type Rejection = Response<Body>;
+
+    async fn from_request_parts(parts: &mut Parts, q: &Queue) -> Result<Self, Self::Rejection> {
+        match Path::<String>::from_request_parts(parts, q).await {
+            Ok(Path(id)) => Ok(JobId(id)),
+            Err(_) => Err(not_found()),
+        }
+    }
+}
+
+/// Labels every answer of this router as the `jobs` route, and gives the router's own
+/// 405 (a method the path does not take) the API's envelope.
+async fn label(resp: Response<Body>) -> Response<Body> {
+    let mut resp = if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        method_not_allowed(resp.headers().get(header::ALLOW))
+    } else {
+        resp
+    };
     resp.extensions_mut().insert(RouteName("jobs"));
+    resp
+}
+
+fn method_not_allowed(allow: Option<&HeaderValue>) -> Response<Body> {
+    let allowed = allow.and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut resp = Envelope::new(
+        "Method Not Allowed",
+        format!("This jobs API path does not take that method; it takes {allowed}."),
+    )
+    .into_response(StatusCode::METHOD_NOT_ALLOWED);
+    if let Some(allow) = allow {
+        resp.headers_mut().insert(header::ALLOW, allow.clone());
+    }
     resp
 }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`store`]: SQLite, one writer thread with group commit; a job is on disk before
 //!   the client hears "accepted".
-//! - [`accept`]: turns a send into a job (split into parts) and answers the client.
+//! - [`accept`]: turns a send into a job (split into parts); `answer`: what the client
+//!   hears; [`idempotency`]: a client's `Idempotency-Key` names one job.
 //! - [`dispatch`]: sends parts, paced to the API's capacity; `scheduler`: when each part
 //!   may go; `settle`: what the dispatcher does with each answer (the failure policy).
 //! - [`policy`]: what each answer means for a part (pure); `reconcile`: looking a send up
@@ -12,7 +13,9 @@
 //! - [`jobs_api`]: `/sluice/v1/jobs…` for clients to follow, retry and cancel their jobs.
 
 pub mod accept;
+mod answer;
 pub mod dispatch;
+pub mod idempotency;
 pub mod jobs_api;
 pub mod lookup;
 pub mod plan;
@@ -28,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::apikey::{ApiKey, KeyId};
 use crate::config::Config;
@@ -38,6 +42,13 @@ use crate::routes::RouteTable;
 use crate::upstream::Upstream;
 use dispatch::{DispatchSettings, Dispatcher};
 use store::{KeyRecord, Store, StoreError, StoredResponse};
+
+/// Where the queue's background work runs (the dispatcher, its workers, housekeeping):
+/// spawned on `tasks`, stopped by `stop`.
+pub struct Background {
+    pub stop: CancellationToken,
+    pub tasks: TaskTracker,
+}
 
 /// Everything the queue's handlers share; cheap to clone.
 #[derive(Clone)]
@@ -58,7 +69,16 @@ struct QueueInner {
     max_queued_bytes: u64,
     /// Set at shutdown: every client waiting for its send is answered by then.
     answer_by: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    /// `queue.idempotency_ttl_secs`, in milliseconds.
+    idempotency_ttl_ms: i64,
 }
+
+/// Most expired idempotency keys deleted by one write (the purge repeats until fewer are
+/// left), so a purge never holds the writer for long.
+const PURGE_BATCH: u32 = 1000;
+
+/// The longest time between two purges of expired idempotency keys.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 // === impl Queue ===
 
@@ -72,8 +92,12 @@ impl Queue {
         metrics: Arc<Metrics>,
         own_key: Option<ApiKey>,
         health: Arc<Health>,
-        shutdown: CancellationToken,
+        background: Background,
     ) -> Result<Self, StoreError> {
+        let Background {
+            stop: shutdown,
+            tasks,
+        } = background;
         let store = Arc::new(Store::open(
             &config.server.data_dir,
             config.queue.synchronous,
@@ -98,6 +122,7 @@ impl Queue {
                 health,
             },
             shutdown.clone(),
+            tasks.clone(),
         );
         // What was learned about keys before a restart (cooldowns, maxAllowed), before any
         // part is sent; and from now on, what is learned is saved.
@@ -108,17 +133,17 @@ impl Queue {
             }
         }
         if let Some(changed) = keys.saved() {
-            tokio::spawn(save_keys(
+            tasks.spawn(save_keys(
                 store.clone(),
                 keys.clone(),
                 changed,
                 shutdown.clone(),
             ));
         }
-        tokio::spawn(evict_idle(
+        tasks.spawn(evict_idle(
             dispatcher.clone(),
             Duration::from_secs(q.key_idle_secs),
-            shutdown,
+            shutdown.clone(),
         ));
         let unfinished = store.unfinished().await?;
         if !unfinished.is_empty() {
@@ -134,6 +159,8 @@ impl Queue {
             );
             dispatcher.enqueue(part);
         }
+        let idempotency_ttl = Duration::from_secs(q.idempotency_ttl_secs);
+        tasks.spawn(purge_idempotency(store.clone(), idempotency_ttl, shutdown));
         Ok(Self {
             inner: Arc::new(QueueInner {
                 store,
@@ -147,6 +174,7 @@ impl Queue {
                 max_queued_recipients: q.max_queued_recipients,
                 max_queued_bytes: q.max_queued_bytes,
                 answer_by: tokio::sync::watch::Sender::new(None),
+                idempotency_ttl_ms: i64::try_from(idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
             }),
         })
     }
@@ -234,6 +262,30 @@ async fn save_keys(
         let learned = keys.record(&id, now);
         if let Err(e) = store.save_key(key_record(id, learned, now)).await {
             tracing::warn!(key = %id, error = %e, "cannot save what was learned about a key");
+        }
+    }
+}
+
+/// Deletes expired idempotency keys now and then (lookups ignore them meanwhile): every
+/// `PURGE_EVERY`, or every TTL when that is shorter, in batches of `PURGE_BATCH`.
+async fn purge_idempotency(store: Arc<Store>, ttl: Duration, shutdown: CancellationToken) {
+    let every = ttl.clamp(Duration::from_secs(1), PURGE_EVERY);
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let before = dispatch::now_ms().saturating_sub(ttl_ms);
+        loop {
+            match store.purge_idempotency(before, PURGE_BATCH).await {
+                Ok(n) if n < PURGE_BATCH as usize => break,
+                Ok(_) => tokio::task::yield_now().await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot purge expired idempotency keys");
+                    break;
+                }
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::dispatch::Inner;
 use super::store::Dispatchable;
@@ -54,6 +55,7 @@ pub(super) async fn schedule(
     mut rx: mpsc::UnboundedReceiver<Entry>,
     per_key: usize,
     shutdown: CancellationToken,
+    tasks: TaskTracker,
 ) {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<KeyId>();
     let mut admission = Admission {
@@ -77,7 +79,7 @@ pub(super) async fn schedule(
             },
             Some(key) = done_rx.recv() => {
                 if let Some(entry) = admission.finished(key) {
-                    start(&inner, entry, Some(key), &done_tx);
+                    start(&inner, entry, Some(key), &done_tx, &tasks, &shutdown);
                 }
             }
             _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
@@ -90,7 +92,7 @@ pub(super) async fn schedule(
                     let Some(entry) = entries.remove(&id) else { continue };
                     let key = inner.key_for(&entry.part).map(|(_, id)| id);
                     if let Some(entry) = admission.admit(key, entry) {
-                        start(&inner, entry, key, &done_tx);
+                        start(&inner, entry, key, &done_tx, &tasks, &shutdown);
                     }
                 }
             }
@@ -99,21 +101,29 @@ pub(super) async fn schedule(
     }
 }
 
-/// Spawns the worker task for `entry`; its end is reported on `done`.
+/// Spawns the worker task for `entry`; its end is reported on `done`. At shutdown the
+/// worker stops wherever it waits: every step it takes is committed before the next, so
+/// the part is found where it was at the next start (one in flight is looked up first).
 fn start(
     inner: &Arc<Inner>,
     entry: Entry,
     key: Option<KeyId>,
     done: &mpsc::UnboundedSender<KeyId>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
 ) {
     let guard = key.map(|key| Done {
         key,
         tx: done.clone(),
     });
     let inner = inner.clone();
-    tokio::spawn(async move {
+    let shutdown = shutdown.clone();
+    tasks.spawn(async move {
         let _done = guard;
-        inner.run(entry.part, entry.bypass).await;
+        tokio::select! {
+            () = inner.run(entry.part, entry.bypass) => {}
+            () = shutdown.cancelled() => {}
+        }
     });
 }
 
@@ -156,24 +166,7 @@ mod tests {
     fn entry(bypass: bool) -> Entry {
         Entry {
             at: Instant::now(),
-            part: Dispatchable {
-                job_id: "j".into(),
-                seq: 0,
-                owner: String::new(),
-                api_key: None,
-                route: "bulk".into(),
-                method: "POST".into(),
-                path: "/".into(),
-                headers: Vec::new(),
-                items: 0..1,
-                bytes: 0..1,
-                attempts: 0,
-                next_attempt_at: None,
-                created_at: 0,
-                reconcile_from: None,
-                blind_resends: 0,
-                last_error: None,
-            },
+            part: Dispatchable::sample(),
             bypass,
         }
     }

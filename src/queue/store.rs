@@ -22,6 +22,11 @@
 //!   indices plus the byte range of those elements in the body; [`Store::part_body`]
 //!   builds the request for a part from just the bytes it needs, read through SQLite's
 //!   incremental BLOB I/O, so sending a 50,000-recipient part never loads the whole body.
+//! - **Idempotency keys are claimed with their job.** A job that carries a client's
+//!   `Idempotency-Key` ([`NewJob::idempotency`]) claims `(owner, key)` in the same savepoint
+//!   as its rows; when a live claim already exists, nothing is written and the existing
+//!   job is named instead ([`Inserted::Existing`]). The writer runs one op at a time, so
+//!   of two concurrent sends with one key exactly one makes a job.
 //! - **Job state is derived.** A job's state follows from how many of its parts are in each
 //!   state ([`derive_state`]). The counts and the derived state are kept on the job row and
 //!   updated in the same transaction as every part change, so listing jobs by state is an
@@ -52,6 +57,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 mod changes;
+mod idempotency;
 mod reader;
 mod rows;
 mod schema;
@@ -59,6 +65,8 @@ mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_idempotency;
 
 pub use schema::DB_FILE;
 
@@ -153,8 +161,39 @@ pub struct NewJob {
     pub parts: Vec<NewPart>,
     /// JSON text kept as is (reserved: recipients skipped by validation).
     pub skipped: Option<String>,
+    /// The client's `Idempotency-Key` for this job, claimed with it.
+    pub idempotency: Option<NewIdempotency>,
     /// When the job was accepted (unix ms): its `created_at` and `updated_at`.
     pub now_ms: i64,
+}
+
+/// A client's `Idempotency-Key`, to be claimed for a new job by its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewIdempotency {
+    pub key: String,
+    /// SHA-256 of the request the key came with.
+    pub body_hash: Vec<u8>,
+    /// Claims made before this time (unix ms) have expired: they are ignored, and this
+    /// one replaces them.
+    pub not_before: i64,
+}
+
+/// A client's `Idempotency-Key` as stored: the job it made and the request's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    pub job_id: String,
+    pub body_hash: Vec<u8>,
+    pub created_at: i64,
+}
+
+/// What [`Store::insert_job`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The job is stored (with its idempotency key, if it had one).
+    New,
+    /// The job's idempotency key is already claimed by a live mapping: nothing was
+    /// stored; this is the job that has it.
+    Existing(IdempotencyRecord),
 }
 
 /// What [`Store::schedule_retry`] records.
@@ -279,7 +318,7 @@ pub struct JobRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub skipped: Option<String>,
-    /// Ordered by `items.start`; empty in [`Store::list_jobs`].
+    /// Ordered by `items.start`.
     pub parts: Vec<PartRecord>,
 }
 
@@ -310,6 +349,9 @@ pub struct Dispatchable {
     pub blind_resends: u32,
     /// Why the last attempt failed, in words.
     pub last_error: Option<String>,
+    /// The part is its job's only one (it was never split): it goes up under the client's
+    /// own `Idempotency-Key` unchanged.
+    pub sole: bool,
 }
 
 /// What sluice learned about one API key, kept across restarts.
@@ -374,6 +416,30 @@ pub fn derive_state(counts: &PartCounts) -> JobState {
 // === impl Dispatchable ===
 
 impl Dispatchable {
+    /// A one-recipient part of job `j` on route `bulk`, never attempted: for tests.
+    #[cfg(test)]
+    pub(crate) fn sample() -> Self {
+        Self {
+            job_id: "j".into(),
+            seq: 0,
+            owner: String::new(),
+            api_key: None,
+            route: "bulk".into(),
+            method: "POST".into(),
+            path: "/".into(),
+            headers: Vec::new(),
+            items: 0..1,
+            bytes: 0..1,
+            attempts: 0,
+            next_attempt_at: None,
+            created_at: 0,
+            reconcile_from: None,
+            blind_resends: 0,
+            last_error: None,
+            sole: true,
+        }
+    }
+
     /// The client's request id, kept with the job's headers.
     pub fn request_id(&self) -> Option<String> {
         self.headers
@@ -466,9 +532,32 @@ impl Store {
         })
     }
 
-    /// Stores a new job, all its parts `Queued`. Resolves once it is committed.
-    pub async fn insert_job(&self, job: NewJob) -> Result<(), StoreError> {
+    /// Stores a new job, all its parts `Queued`, and claims its idempotency key (if any)
+    /// in the same savepoint. Resolves once it is committed. When the key is already
+    /// claimed by a mapping made since its `not_before`, nothing is stored and that
+    /// mapping is returned ([`Inserted::Existing`]).
+    pub async fn insert_job(&self, job: NewJob) -> Result<Inserted, StoreError> {
         self.write(move |c| changes::insert_job(c, &job)).await
+    }
+
+    /// The job `owner`'s `key` was claimed for, if the claim was made since `not_before`
+    /// (unix ms); older claims have expired.
+    pub async fn idempotent_job(
+        &self,
+        owner: &str,
+        key: &str,
+        not_before: i64,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let (owner, key) = (owner.to_owned(), key.to_owned());
+        self.read(move |c| idempotency::lookup(c, &owner, &key, not_before))
+            .await
+    }
+
+    /// Deletes at most `limit` expired idempotency mappings (made before `before`, unix
+    /// ms), oldest first; returns how many were deleted.
+    pub async fn purge_idempotency(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
+        self.write(move |c| idempotency::purge(c, before, limit))
+            .await
     }
 
     /// The part is being sent: `attempts += 1`, state `InFlight`, `sent_at = now_ms`.
@@ -617,7 +706,7 @@ impl Store {
 
     /// The owner's jobs, newest first, at most `limit`, optionally in one state, and only
     /// those before `before` = `(created_at, id)` of the last job of the previous page.
-    /// Parts are not read (empty).
+    /// Each comes with its parts, as [`Store::job`] reads them.
     pub async fn list_jobs(
         &self,
         owner: &str,

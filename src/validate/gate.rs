@@ -17,12 +17,12 @@
 
 use axum::body::Body;
 use axum::extract::Request;
-use http::Response;
+use http::{HeaderMap, Response};
 
 use super::{json, template as rules, Mode, Rejection};
 use crate::apikey::{self, ApiKey};
+use crate::body;
 use crate::metrics::Metrics;
-use crate::queue::accept::read_body;
 use crate::routes::Route;
 
 /// A route's validation settings with the metrics they feed.
@@ -70,6 +70,24 @@ impl<'a> Gate<'a> {
         rejection.into_response()
     }
 
+    /// Checks the request's Content-Type ([`json::content_type`]) under the route's mode.
+    /// `Ok(true)`: a lenient type; call [`Gate::lenient`] once the body is accepted.
+    #[allow(clippy::result_large_err)]
+    pub fn content_type(&self, headers: &HeaderMap) -> Result<bool, Response<Body>> {
+        match json::content_type(headers) {
+            Ok(found) => Ok(found == json::ContentType::Lenient),
+            Err(rejection) => self.apply(Err(rejection)).map(|()| false),
+        }
+    }
+
+    /// Counts a request accepted with a lenient Content-Type.
+    pub fn lenient(&self) {
+        self.metrics
+            .lenient_content_type
+            .with_label_values(&[&self.route.name])
+            .inc();
+    }
+
     /// Counts `n` recipients skipped from an accepted bulk send.
     pub fn skipped(&self, n: usize) {
         self.metrics
@@ -95,8 +113,9 @@ impl<'a> Gate<'a> {
 }
 
 /// Checks a request on a `template` route. `Ok` gives the request back to be passed
-/// through, with the same body; `Err` is the answer (the seed's 400, or a 413 for a body
-/// over `max_body`). Requests without any API key are not checked: the API's 401 comes
+/// through, with the same body (decoded, when it came with a `Content-Encoding`: see
+/// [`crate::body`]); `Err` is the answer (the seed's 400, a 413 for a body over
+/// `max_body`, a 415 for a coding sluice cannot undo). Requests without any API key are not checked: the API's 401 comes
 /// first, as it would without sluice.
 pub async fn template(
     route: &Route,
@@ -109,11 +128,14 @@ pub async fn template(
     if !gate.checks() || !apikey::present(req.headers(), own_key) {
         return Ok(req);
     }
-    gate.apply(json::content_type(req.headers()))?;
-    let (parts, body) = req.into_parts();
-    let body = read_body(body, max_body)
+    let lenient = gate.content_type(req.headers())?;
+    let (mut parts, body) = req.into_parts();
+    let body = body::read_decoded(&mut parts.headers, body, max_body)
         .await
         .map_err(crate::error::ProxyError::into_response)?;
     gate.apply(rules::request(&body))?;
+    if lenient {
+        gate.lenient();
+    }
     Ok(Request::from_parts(parts, Body::from(body)))
 }

@@ -22,9 +22,22 @@ use super::outcome::{BODY, CONTENT_TYPE};
 use super::Rejection;
 use crate::split::MAX_DEPTH;
 
-/// The message for a Content-Type that is not JSON.
+/// The message for a Content-Type that names another format.
 pub const NOT_JSON_CONTENT_TYPE: &str =
-    "Content-Type must be application/json (or another JSON media type): the body of this request is JSON.";
+    "Content-Type names a format that is not JSON: the body of this request must be JSON. Send it as application/json.";
+
+/// What a request's Content-Type says, when it does not refuse the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentType {
+    /// A JSON media type.
+    Json,
+    /// No Content-Type (many clients send none).
+    Missing,
+    /// A type that is not JSON but does not clearly name another format either (say
+    /// `application/x-www-form-urlencoded`, curl's default): accepted when the body is
+    /// JSON, as the API accepts it.
+    Lenient,
+}
 
 /// The message for a body that is JSON but not an object.
 pub const NOT_AN_OBJECT: &str = "Request body must be a JSON object";
@@ -42,12 +55,16 @@ pub fn object(body: &[u8]) -> Result<Map<String, Value>, Rejection> {
     }
 }
 
-/// Checks that a request's Content-Type, when it has one, is JSON: `application/json` or
-/// any `…/…+json` type, with any parameters. No Content-Type is fine (many clients send
-/// none); the body is checked as JSON all the same.
-pub fn content_type(headers: &HeaderMap) -> Result<(), Rejection> {
+/// Checks a request's Content-Type, leniently where the API is lenient: the body is
+/// checked as JSON whatever the type says, so only a type that clearly names another
+/// format ([`clearly_not_json`]: `multipart/form-data`, XML, images…) is refused. JSON
+/// types (`application/json`, `…/…+json`) and a missing Content-Type are what a JSON body
+/// should carry; anything else (curl's default `application/x-www-form-urlencoded`,
+/// `text/plain`, `application/octet-stream`…) is [`ContentType::Lenient`], let through
+/// and counted.
+pub fn content_type(headers: &HeaderMap) -> Result<ContentType, Rejection> {
     let Some(value) = headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
+        return Ok(ContentType::Missing);
     };
     let essence = value
         .to_str()
@@ -60,10 +77,44 @@ pub fn content_type(headers: &HeaderMap) -> Result<(), Rejection> {
             .split_once('/')
             .is_some_and(|(t, sub)| !t.is_empty() && sub.ends_with("+json"));
     if json {
-        Ok(())
-    } else {
+        Ok(ContentType::Json)
+    } else if clearly_not_json(&essence) {
         Err(Rejection::malformed(CONTENT_TYPE, NOT_JSON_CONTENT_TYPE))
+    } else {
+        Ok(ContentType::Lenient)
     }
+}
+
+/// Whether a media type (lower case, no parameters) names a format that is not JSON:
+/// whole families (images, audio, video, fonts, models, multipart, messages), XML and
+/// HTML of any kind, and the common data formats a JSON body is never sent as.
+fn clearly_not_json(essence: &str) -> bool {
+    let Some((top, sub)) = essence.split_once('/') else {
+        return false;
+    };
+    matches!(
+        top,
+        "image" | "audio" | "video" | "font" | "model" | "multipart" | "message" | "haptics"
+    ) || sub == "xml"
+        || sub.ends_with("+xml")
+        || matches!(
+            essence,
+            "text/html"
+                | "text/csv"
+                | "text/javascript"
+                | "text/yaml"
+                | "application/javascript"
+                | "application/yaml"
+                | "application/x-yaml"
+                | "application/pdf"
+                | "application/zip"
+                | "application/gzip"
+                | "application/protobuf"
+                | "application/x-protobuf"
+                | "application/msgpack"
+                | "application/x-msgpack"
+                | "application/cbor"
+        )
 }
 
 /// The message for a body serde_json could not read.
@@ -197,32 +248,50 @@ mod tests {
     }
 
     #[test]
-    fn content_type_must_be_json_when_given() {
+    fn content_type_is_refused_only_when_it_names_another_format() {
         let check = |value: Option<&str>| {
             let mut h = HeaderMap::new();
             if let Some(v) = value {
                 h.insert(header::CONTENT_TYPE, HeaderValue::from_str(v).unwrap());
             }
-            content_type(&h).is_ok()
+            content_type(&h).ok()
         };
-        for ok in [
-            None,
-            Some("application/json"),
-            Some("Application/JSON; charset=utf-8"),
-            Some("application/vnd.api+json"),
-            Some(" application/json ;charset=UTF-8"),
+        assert_eq!(check(None), Some(ContentType::Missing));
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+json",
+            " application/json ;charset=UTF-8",
         ] {
-            assert!(check(ok), "{ok:?}");
+            assert_eq!(check(Some(json)), Some(ContentType::Json), "{json:?}");
         }
-        for bad in [
-            "text/plain",
+        for lenient in [
             "application/x-www-form-urlencoded",
-            "multipart/form-data; boundary=x",
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/octet-stream",
             "application/jsonp",
             "json",
             "",
         ] {
-            assert!(!check(Some(bad)), "{bad:?}");
+            assert_eq!(
+                check(Some(lenient)),
+                Some(ContentType::Lenient),
+                "{lenient:?}"
+            );
+        }
+        for other in [
+            "multipart/form-data; boundary=x",
+            "application/xml",
+            "text/xml",
+            "application/soap+xml",
+            "image/png",
+            "video/mp4",
+            "text/html",
+            "text/csv",
+            "application/pdf",
+        ] {
+            assert_eq!(check(Some(other)), None, "{other:?}");
         }
     }
 }

@@ -17,11 +17,20 @@ pub async fn proxy(
     dir: &tempfile::TempDir,
     tweak: impl FnOnce(&mut Config),
 ) -> Proxy {
+    proxy_at(sim.addr, dir, tweak).await
+}
+
+/// Starts a proxy in front of whatever listens at `upstream`, keeping its state in `dir`.
+pub async fn proxy_at(
+    upstream: std::net::SocketAddr,
+    dir: &tempfile::TempDir,
+    tweak: impl FnOnce(&mut Config),
+) -> Proxy {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.server.data_dir = dir.path().to_path_buf();
-    config.upstream.url = format!("http://{}", sim.addr);
+    config.upstream.url = format!("http://{upstream}");
     config.retry.hint_jitter_ms = 20;
     config.queue.synchronous = sluice::queue::store::Synchronous::Normal;
     tweak(&mut config);

@@ -9,8 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::rows::{self, int};
 use super::{
-    derive_state, JobState, KeyRecord, NewJob, NewPart, PartCounts, PartState, Retry, StoreError,
-    StoredResponse,
+    derive_state, idempotency, Inserted, JobState, KeyRecord, NewJob, NewPart, PartCounts,
+    PartState, Retry, StoreError, StoredResponse,
 };
 
 /// The job row, as the changes need it.
@@ -34,10 +34,16 @@ struct PartRow {
 
 // === the changes ===
 
-/// [`super::Store::insert_job`]: checks the job's shape, then writes the job row, the body
-/// and one `Queued` row per part (seqs 0, 1, ...).
-pub(super) fn insert_job(conn: &Connection, job: &NewJob) -> Result<(), StoreError> {
+/// [`super::Store::insert_job`]: checks the job's shape, claims its idempotency key (or
+/// names the job that holds it, writing nothing), then writes the job row, the body and
+/// one `Queued` row per part (seqs 0, 1, ...).
+pub(super) fn insert_job(conn: &Connection, job: &NewJob) -> Result<Inserted, StoreError> {
     let recipients = check_new_job(job)?;
+    if let Some(new) = &job.idempotency {
+        if let Some(existing) = idempotency::claim(conn, &job.owner, new, &job.id, job.now_ms)? {
+            return Ok(Inserted::Existing(existing));
+        }
+    }
     let counts = PartCounts {
         queued: job.parts.len() as u64,
         ..PartCounts::default()
@@ -87,7 +93,7 @@ pub(super) fn insert_job(conn: &Connection, job: &NewJob) -> Result<(), StoreErr
             job.now_ms,
         ])?;
     }
-    Ok(())
+    Ok(Inserted::New)
 }
 
 /// [`super::Store::mark_in_flight`].

@@ -41,7 +41,8 @@ const DISPATCH_COLUMNS: &str = "j.id, p.seq, j.owner, j.api_key, j.route, j.meth
     p.next_attempt_at, j.created_at,
     CASE WHEN p.state = 'in_flight' THEN COALESCE(p.reconcile_from, p.sent_at)
          ELSE p.reconcile_from END,
-    p.blind_resends, p.last_error";
+    p.blind_resends, p.last_error,
+    j.n_queued + j.n_in_flight + j.n_succeeded + j.n_failed + j.n_cancelled + j.n_uncertain = 1";
 
 // === impl Readers ===
 
@@ -115,6 +116,8 @@ pub(super) fn job(
     Ok(Some(job))
 }
 
+/// A page of the owner's jobs, each with its parts (read in one more query for the whole
+/// page, in the same read transaction), so a listed job is the same as [`job`] shows it.
 pub(super) fn list_jobs(
     conn: &Connection,
     owner: &str,
@@ -122,23 +125,42 @@ pub(super) fn list_jobs(
     limit: u32,
     before: Option<&(i64, String)>,
 ) -> Result<Vec<JobRecord>, StoreError> {
-    let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs j WHERE j.owner = ?");
+    let mut page = String::from("FROM jobs j WHERE j.owner = ?");
     let mut args: Vec<&dyn ToSql> = vec![&owner];
     if let Some(state) = &state {
-        sql.push_str(" AND j.state = ?");
+        page.push_str(" AND j.state = ?");
         args.push(state);
     }
     if let Some((created_at, id)) = before {
-        sql.push_str(" AND (j.created_at, j.id) < (?, ?)");
+        page.push_str(" AND (j.created_at, j.id) < (?, ?)");
         args.extend([created_at as &dyn ToSql, id]);
     }
-    sql.push_str(" ORDER BY j.created_at DESC, j.id DESC LIMIT ?");
+    page.push_str(" ORDER BY j.created_at DESC, j.id DESC LIMIT ?");
     args.push(&limit);
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let jobs = stmt
-        .query_map(params_from_iter(args), |row| job_from_row(row, 0))?
+    let tx = conn.unchecked_transaction()?;
+    let mut jobs: Vec<(i64, JobRecord)> = tx
+        .prepare_cached(&format!("SELECT j.no, {JOB_COLUMNS} {page}"))?
+        .query_map(params_from_iter(&args), |row| {
+            Ok((row.get(0)?, job_from_row(row, 1)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(jobs)
+    let at: std::collections::HashMap<i64, usize> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, (no, _))| (*no, i))
+        .collect();
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {PART_COLUMNS}, job_no FROM parts
+         WHERE job_no IN (SELECT j.no {page}) ORDER BY job_no, item_start"
+    ))?;
+    let mut found = stmt.query(params_from_iter(&args))?;
+    while let Some(row) = found.next()? {
+        let no: i64 = row.get(13)?;
+        if let Some(&i) = at.get(&no) {
+            jobs[i].1.parts.push(part_from_row(row)?);
+        }
+    }
+    Ok(jobs.into_iter().map(|(_, job)| job).collect())
 }
 
 pub(super) fn unfinished(conn: &Connection) -> Result<Vec<Dispatchable>, StoreError> {
@@ -328,6 +350,7 @@ fn dispatchable_from_row(row: &Row<'_>) -> rusqlite::Result<Dispatchable> {
         reconcile_from: row.get(15)?,
         blind_resends: row.get(16)?,
         last_error: row.get(17)?,
+        sole: row.get(18)?,
     })
 }
 

@@ -14,7 +14,7 @@ pub const DB_FILE: &str = "sluice.db";
 
 /// The schema version this code writes (`PRAGMA user_version`). Each version's script is
 /// in [`MIGRATIONS`]; a database at version N runs the scripts after N, in order.
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 /// How long a connection waits for a lock before failing with SQLITE_BUSY. Only the
 /// writer writes, so this covers checkpoints and other processes opening the file.
@@ -39,6 +39,12 @@ const STATEMENT_CACHE: usize = 64;
 /// most one). `jobs.n_uncertain` counts parts whose fate stayed unknown. `key_state` keeps
 /// what sluice learned about each API key (by fingerprint) across restarts: the end of its
 /// cooldown, the API's `maxAllowed`, the room the last 429 reported, and that 429 itself.
+///
+/// Version 3 (idempotency at the door). `idempotency` maps a client's `Idempotency-Key`,
+/// per owner (the key's fingerprint), to the job it created, with the SHA-256 of the
+/// request (method, path and decoded body) and when it was made. A row is written in the
+/// same savepoint as its job, so neither exists without the other. Rows older than
+/// `queue.idempotency_ttl_secs` are ignored and purged, oldest first (`idempotency_created`).
 const MIGRATIONS: [&str; VERSION as usize] = [
     "
 CREATE TABLE IF NOT EXISTS meta (
@@ -110,6 +116,17 @@ CREATE TABLE IF NOT EXISTS key_state (
     last_headers  BLOB,
     last_body     BLOB
 );
+",
+    "
+CREATE TABLE IF NOT EXISTS idempotency (
+    owner      TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    job_id     TEXT NOT NULL,
+    body_hash  BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (owner, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
 ",
 ];
 
