@@ -64,6 +64,8 @@ pub struct QueueConfig {
     /// Per-key state in memory (a cooldown gate, rate limiter cells, metric series) of a
     /// key idle this long is dropped.
     pub key_idle_secs: u64,
+    /// Finished jobs (and their bodies) are deleted this long after they finished.
+    pub retention_secs: u64,
     /// How long a client's `Idempotency-Key` on a send keeps naming the job it made: a
     /// repeat within this time is answered from that job instead of making another.
     pub idempotency_ttl_secs: u64,
@@ -344,6 +346,7 @@ impl Default for QueueConfig {
             reconcile_delay_ms: 2_000,
             reconcile_clock_skew_ms: 1_000,
             key_idle_secs: 600,
+            retention_secs: 7 * 86_400,
             idempotency_ttl_secs: 86_400,
         }
     }

@@ -62,8 +62,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 std::env::var("SLUICE_API_KEY").ok(),
                 config.upstream.api_key_file.as_deref(),
             )?;
+            // Listening for SIGHUP before anything else, so that none can stop sluice.
+            let hangups = hangups();
             let running = app::start(&config, key).await?;
             tokio::spawn(reload_on_hangup(
+                hangups,
                 logs,
                 args.config.clone(),
                 cli.log_level.clone(),
@@ -126,11 +129,15 @@ fn init_logging(format: &Option<LogFormat>, level: &Option<String>, config: &Con
 /// SIGHUP reloads what can change while running, the log level (from `--log-level`, else
 /// the config file read again), and says that the rest needs a restart. It never stops
 /// sluice, whatever the file holds.
-async fn reload_on_hangup(logs: LogHandle, file: Option<PathBuf>, flag: Option<String>) {
+async fn reload_on_hangup(
+    hangups: Option<Hangups>,
+    logs: LogHandle,
+    file: Option<PathBuf>,
+    flag: Option<String>,
+) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        let Some(mut hangups) = hangups else {
             tracing::warn!("cannot listen for SIGHUP; it would stop sluice");
             return;
         };
@@ -163,7 +170,23 @@ async fn reload_on_hangup(logs: LogHandle, file: Option<PathBuf>, flag: Option<S
         }
     }
     #[cfg(not(unix))]
-    let _ = (logs, file, flag);
+    let _ = (hangups, logs, file, flag);
+}
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// The SIGHUP stream; from its creation on, SIGHUP no longer stops the process.
+fn hangups() -> Option<Hangups> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::hangup()).ok()
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// A token cancelled on the first Ctrl-C or SIGTERM.

@@ -435,3 +435,45 @@ async fn per_key_state_returns_to_its_baseline() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Back-pressure is one atomic reservation: 30 concurrent sends against room for 10 make
+/// exactly 10 jobs, never more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_cannot_overrun_back_pressure() {
+    let sim = Running::start(SimConfig {
+        max_pending: 0,
+        retry_after: 60,
+        ..SimConfig::default()
+    })
+    .await;
+    let single_campaign = campaign(&sim, KEY, "Transactional", "SMS", true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = common::queue::proxy(&sim, &dir, |c| c.queue.max_queued_recipients = 10).await;
+    let url = common::queue::url(
+        &p,
+        &format!("/api/v1/campaigns/{single_campaign}/messages/sms"),
+    );
+    let sends: Vec<_> = (0..30)
+        .map(|n| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let headers = [
+                    ("X-API-Key", KEY),
+                    ("Content-Type", "application/json"),
+                    ("Prefer", "respond-async"),
+                ];
+                let body = format!(r#"{{"phoneNumber":"{}"}}"#, phones(n, 1)[0]);
+                send(Method::POST, &url, &headers, body).await.0
+            })
+        })
+        .collect();
+    let mut accepted = 0;
+    for s in sends {
+        match s.await.unwrap() {
+            StatusCode::ACCEPTED => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {}
+            other => panic!("{other}"),
+        }
+    }
+    assert_eq!(accepted, 10);
+}

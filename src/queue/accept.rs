@@ -154,22 +154,27 @@ impl Queue {
         let part_bytes: u64 = cut.parts.iter().map(|p| p.bytes.end - p.bytes.start).sum();
 
         // Back-pressure: refuse in the API's own 429 format.
-        let (queued, queued_bytes) = q.dispatcher.backlog();
-        if queued + cut.recipients > q.max_queued_recipients
-            || queued_bytes + part_bytes > q.max_queued_bytes
-        {
-            q.metrics
-                .queue_rejected
-                .with_label_values(&[&route.name, "queue_full"])
-                .inc();
-            return Err(answer::queue_full(
-                queued,
-                cut.recipients,
-                q.max_queued_recipients,
-                &q.keys,
-                &key_id,
-            ));
-        }
+        let room = match q.dispatcher.reserve(
+            cut.recipients,
+            part_bytes,
+            q.max_queued_recipients,
+            q.max_queued_bytes,
+        ) {
+            Ok(room) => room,
+            Err((queued, _)) => {
+                q.metrics
+                    .queue_rejected
+                    .with_label_values(&[&route.name, "queue_full"])
+                    .inc();
+                return Err(answer::queue_full(
+                    queued,
+                    cut.recipients,
+                    q.max_queued_recipients,
+                    &q.keys,
+                    &key_id,
+                ));
+            }
+        };
 
         strip_hop_by_hop(&mut headers);
         let meta = JobMeta {
@@ -229,7 +234,7 @@ impl Queue {
             .jobs_accepted
             .with_label_values(&[&route.name])
             .inc();
-        q.dispatcher.add_backlog(cut.recipients, part_bytes);
+        room.keep();
         if lenient {
             gate.lenient();
         }

@@ -76,6 +76,14 @@ pub struct DispatchSettings {
     pub health: Arc<Health>,
 }
 
+/// Back-pressure room taken for a send (see [`Dispatcher::reserve`]).
+pub struct Reservation<'a> {
+    dispatcher: &'a Dispatcher,
+    recipients: u64,
+    bytes: u64,
+    kept: bool,
+}
+
 /// Recipients and bytes accepted and not yet final: the back-pressure figures.
 #[derive(Debug, Default)]
 pub struct Backlog {
@@ -162,6 +170,38 @@ impl Dispatcher {
         self.inner.backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// Takes back-pressure room for a send of `recipients` and `bytes`, if the backlog stays
+    /// within the limits with it; in one atomic step per figure, so concurrent sends cannot
+    /// all pass the same check. `Err` with the backlog as it is when there is no room. The
+    /// room is given back unless [`Reservation::keep`] is called (the send was stored).
+    pub fn reserve(
+        &self,
+        recipients: u64,
+        bytes: u64,
+        max_recipients: u64,
+        max_bytes: u64,
+    ) -> Result<Reservation<'_>, (u64, u64)> {
+        let b = &self.inner.backlog;
+        let take = |a: &AtomicU64, n: u64, max: u64| {
+            a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                v.checked_add(n).filter(|&total| total <= max)
+            })
+        };
+        if take(&b.recipients, recipients, max_recipients).is_err() {
+            return Err(self.backlog());
+        }
+        if take(&b.bytes, bytes, max_bytes).is_err() {
+            self.inner.remove_backlog(recipients, 0);
+            return Err(self.backlog());
+        }
+        Ok(Reservation {
+            dispatcher: self,
+            recipients,
+            bytes,
+            kept: false,
+        })
+    }
+
     pub fn backlog(&self) -> (u64, u64) {
         let b = &self.inner.backlog;
         (
@@ -222,6 +262,25 @@ pub struct Watch {
     inner: Arc<Inner>,
     job: String,
     notify: Option<Arc<Notify>>,
+}
+
+// === impl Reservation ===
+
+impl Reservation<'_> {
+    /// The send was stored: its room stays taken until its parts are final.
+    pub fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.dispatcher
+                .inner
+                .remove_backlog(self.recipients, self.bytes);
+        }
+    }
 }
 
 // === impl Watch ===

@@ -112,8 +112,19 @@ async fn list(
     }
 }
 
-async fn retry(State(q): State<Queue>, JobId(id): JobId, Owner(owner): Owner) -> Response<Body> {
-    let seqs = match q.inner.store.retry_failed(&id, &owner, now_ms()).await {
+async fn retry(
+    State(q): State<Queue>,
+    JobId(id): JobId,
+    Owner(owner): Owner,
+    mut headers: http::HeaderMap,
+) -> Response<Body> {
+    // The replay is sent with the key of the request asking for it (the owner's), unless
+    // that is sluice's own: a finished job no longer keeps its client's key.
+    let resolved = apikey::resolve(&mut headers, q.inner.own_key.as_ref());
+    let key = (!resolved.injected)
+        .then(|| headers.get(apikey::HEADER).map(|v| v.as_bytes().to_vec()))
+        .flatten();
+    let seqs = match q.inner.store.retry_failed(&id, &owner, key, now_ms()).await {
         Ok(Some(seqs)) => seqs,
         Ok(None) => return not_found(),
         Err(e) => return store_error(e),

@@ -160,7 +160,12 @@ impl Queue {
             dispatcher.enqueue(part);
         }
         let idempotency_ttl = Duration::from_secs(q.idempotency_ttl_secs);
-        tasks.spawn(purge_idempotency(store.clone(), idempotency_ttl, shutdown));
+        tasks.spawn(housekeep(
+            store.clone(),
+            idempotency_ttl,
+            Duration::from_secs(q.retention_secs),
+            shutdown,
+        ));
         Ok(Self {
             inner: Arc::new(QueueInner {
                 store,
@@ -266,24 +271,40 @@ async fn save_keys(
     }
 }
 
-/// Deletes expired idempotency keys now and then (lookups ignore them meanwhile): every
-/// `PURGE_EVERY`, or every TTL when that is shorter, in batches of `PURGE_BATCH`.
-async fn purge_idempotency(store: Arc<Store>, ttl: Duration, shutdown: CancellationToken) {
-    let every = ttl.clamp(Duration::from_secs(1), PURGE_EVERY);
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+/// Every so often (`PURGE_EVERY`, or sooner when a lifetime is shorter), deletes what has
+/// outlived its time, in batches of `PURGE_BATCH`: idempotency keys older than `ttl`, and
+/// finished jobs (their parts and bodies) last changed more than `retention` ago.
+async fn housekeep(
+    store: Arc<Store>,
+    ttl: Duration,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let every = ttl
+        .min(retention)
+        .clamp(Duration::from_secs(1), PURGE_EVERY);
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
-        let before = dispatch::now_ms().saturating_sub(ttl_ms);
-        loop {
-            match store.purge_idempotency(before, PURGE_BATCH).await {
-                Ok(n) if n < PURGE_BATCH as usize => break,
-                Ok(_) => tokio::task::yield_now().await,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot purge expired idempotency keys");
-                    break;
+        let now = dispatch::now_ms();
+        let keys_before = now.saturating_sub(ms(ttl));
+        let jobs_before = now.saturating_sub(ms(retention));
+        for what in ["idempotency keys", "finished jobs"] {
+            loop {
+                let purged = match what {
+                    "idempotency keys" => store.purge_idempotency(keys_before, PURGE_BATCH).await,
+                    _ => store.purge_finished(jobs_before, PURGE_BATCH).await,
+                };
+                match purged {
+                    Ok(n) if n < PURGE_BATCH as usize => break,
+                    Ok(_) => tokio::task::yield_now().await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, what, "cannot purge");
+                        break;
+                    }
                 }
             }
         }

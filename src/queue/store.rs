@@ -57,6 +57,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 mod changes;
+mod housekeeping;
 mod idempotency;
 mod reader;
 mod rows;
@@ -673,7 +674,8 @@ impl Store {
             .await
     }
 
-    /// Queues the job's `Failed` parts again (attempts 0, no wait, stored answer cleared).
+    /// Queues the job's `Failed` parts again (attempts 0, no wait, stored answer cleared),
+    /// to be sent with `api_key` (the key of the request asking; `None`: the proxy's own).
     /// This also lifts an earlier [`Store::cancel_job`], so parts sent from now on are
     /// retried as usual; cancelled parts stay cancelled. Returns the re-queued parts' seqs,
     /// or `None` if `owner` has no such job.
@@ -681,10 +683,18 @@ impl Store {
         &self,
         job: &str,
         owner: &str,
+        api_key: Option<Vec<u8>>,
         now_ms: i64,
     ) -> Result<Option<Vec<u32>>, StoreError> {
         let (job, owner) = (job.to_owned(), owner.to_owned());
-        self.write(move |c| changes::retry_failed(c, &job, &owner, now_ms))
+        self.write(move |c| changes::retry_failed(c, &job, &owner, api_key, now_ms))
+            .await
+    }
+
+    /// Deletes at most `limit` finished jobs last changed before `before` (unix ms), oldest
+    /// first, with their parts, bodies and idempotency keys. Returns how many.
+    pub async fn purge_finished(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
+        self.write(move |c| housekeeping::purge_finished(c, before, limit))
             .await
     }
 

@@ -7,6 +7,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::housekeeping;
 use super::rows::{self, int};
 use super::{
     derive_state, idempotency, Inserted, JobState, KeyRecord, NewJob, NewPart, PartCounts,
@@ -17,6 +18,8 @@ use super::{
 struct JobRow {
     no: i64,
     counts: PartCounts,
+    /// The counts as loaded, to move the store's counters by the difference.
+    before: PartCounts,
     state: JobState,
     bulk: bool,
     cancelled: bool,
@@ -93,6 +96,7 @@ pub(super) fn insert_job(conn: &Connection, job: &NewJob) -> Result<Inserted, St
             job.now_ms,
         ])?;
     }
+    housekeeping::added(conn, derive_state(&counts), counts.queued)?;
     Ok(Inserted::New)
 }
 
@@ -373,11 +377,15 @@ pub(super) fn retry_failed(
     conn: &Connection,
     id: &str,
     owner: &str,
+    api_key: Option<Vec<u8>>,
     now: i64,
 ) -> Result<Option<Vec<u32>>, StoreError> {
     let Some(mut job) = load_job(conn, id, Some(owner))? else {
         return Ok(None);
     };
+    // The key was cleared when the job finished; the owner's request brings it back.
+    conn.prepare_cached("UPDATE jobs SET api_key = ?2 WHERE no = ?1")?
+        .execute(params![job.no, api_key])?;
     let mut seqs = Vec::new();
     let mut attempts = 0u64;
     {
@@ -457,6 +465,7 @@ fn load_job(
                     no: row.get(0)?,
                     state: row.get(2)?,
                     counts: rows::counts(row, 3)?,
+                    before: rows::counts(row, 3)?,
                     bulk: row.get(10)?,
                     cancelled: row.get(11)?,
                 },
@@ -517,6 +526,12 @@ fn save_counts(conn: &Connection, job: &JobRow, now: i64) -> Result<(), StoreErr
         now,
         int(c.uncertain)?,
     ])?;
+    housekeeping::moved(conn, &job.before, c, job.state, state)?;
+    // A finished job no longer needs its client's key (a replay brings it again).
+    if housekeeping::is_final(state) && !housekeeping::is_final(job.state) {
+        conn.prepare_cached("UPDATE jobs SET api_key = NULL WHERE no = ?1")?
+            .execute([job.no])?;
+    }
     Ok(())
 }
 

@@ -11,8 +11,8 @@ use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Row, ToS
 
 use super::rows::{self, int};
 use super::{
-    schema, Dispatchable, JobRecord, JobState, KeyRecord, PartRecord, PartState, StoreError,
-    StoreStats, StoredResponse,
+    schema, Dispatchable, JobRecord, JobState, KeyRecord, PartRecord, StoreError, StoreStats,
+    StoredResponse,
 };
 
 /// Idle read connections kept for reuse; more are opened when needed and closed after.
@@ -254,29 +254,12 @@ pub(super) fn part_body(
 
 pub(super) fn stats(conn: &Connection, path: &Path, now: i64) -> Result<StoreStats, StoreError> {
     let tx = conn.unchecked_transaction()?;
-    let mut jobs: Vec<(JobState, u64)> = JobState::ALL.iter().map(|&s| (s, 0)).collect();
-    let mut stmt = tx.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-    let mut found = stmt.query([])?;
-    while let Some(row) = found.next()? {
-        let state: JobState = row.get(0)?;
-        if let Some(slot) = jobs.iter_mut().find(|(s, _)| *s == state) {
-            slot.1 = rows::uint(row, 1)?;
-        }
-    }
-    let mut parts: Vec<(PartState, u64)> = PartState::ALL.iter().map(|&s| (s, 0)).collect();
-    let mut stmt = tx.prepare_cached("SELECT state, COUNT(*) FROM parts GROUP BY state")?;
-    let mut found = stmt.query([])?;
-    while let Some(row) = found.next()? {
-        let state: PartState = row.get(0)?;
-        if let Some(slot) = parts.iter_mut().find(|(s, _)| *s == state) {
-            slot.1 = rows::uint(row, 1)?;
-        }
-    }
+    let (jobs, parts) = super::housekeeping::counts(&tx)?;
     let (recipients_queued, oldest): (u64, Option<i64>) = tx
         .prepare_cached(
-            "SELECT COALESCE(SUM(p.item_end - p.item_start), 0), MIN(j.created_at)
-             FROM parts p JOIN jobs j ON j.no = p.job_no
-             WHERE p.state IN ('queued', 'in_flight')",
+            "SELECT (SELECT COALESCE(SUM(item_end - item_start), 0) FROM parts
+                     WHERE state IN ('queued', 'in_flight')),
+                    (SELECT MIN(created_at) FROM jobs WHERE state IN ('queued', 'in_progress'))",
         )?
         .query_row([], |row| Ok((rows::uint(row, 0)?, row.get(1)?)))?;
     let file_len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());

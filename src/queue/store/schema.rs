@@ -14,7 +14,7 @@ pub const DB_FILE: &str = "sluice.db";
 
 /// The schema version this code writes (`PRAGMA user_version`). Each version's script is
 /// in [`MIGRATIONS`]; a database at version N runs the scripts after N, in order.
-const VERSION: i64 = 3;
+const VERSION: i64 = 4;
 
 /// How long a connection waits for a lock before failing with SQLITE_BUSY. Only the
 /// writer writes, so this covers checkpoints and other processes opening the file.
@@ -45,6 +45,12 @@ const STATEMENT_CACHE: usize = 64;
 /// request (method, path and decoded body) and when it was made. A row is written in the
 /// same savepoint as its job, so neither exists without the other. Rows older than
 /// `queue.idempotency_ttl_secs` are ignored and purged, oldest first (`idempotency_created`).
+///
+/// Version 4 (bounded state). `counters` keeps how many jobs and parts are in each state,
+/// moved by every write in the same transaction, so metrics never scan the tables.
+/// `jobs_state_updated` finds finished jobs to purge after `queue.retention_secs`, and
+/// `jobs_state_created` the oldest waiting job. A finished job's API key is cleared (it is
+/// needed only to send; a replay of a failed part takes it from the request again).
 const MIGRATIONS: [&str; VERSION as usize] = [
     "
 CREATE TABLE IF NOT EXISTS meta (
@@ -127,6 +133,19 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (owner, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
+", "
+CREATE TABLE IF NOT EXISTS counters (
+    kind  TEXT NOT NULL,
+    state TEXT NOT NULL,
+    n     INTEGER NOT NULL,
+    PRIMARY KEY (kind, state)
+);
+INSERT OR REPLACE INTO counters (kind, state, n) SELECT 'jobs', state, COUNT(*) FROM jobs GROUP BY state;
+INSERT OR REPLACE INTO counters (kind, state, n) SELECT 'parts', state, COUNT(*) FROM parts GROUP BY state;
+CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated_at);
+CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
+UPDATE jobs SET api_key = NULL
+ WHERE state IN ('succeeded', 'partially_failed', 'failed', 'cancelled', 'uncertain');
 ",
 ];
 

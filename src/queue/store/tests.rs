@@ -153,6 +153,28 @@ fn assert_counts_match(dir: &tempfile::TempDir) {
         assert_eq!(kept, fresh, "counts of job no {no}");
         assert_eq!(state, derive_state(&fresh), "state of job no {no}");
     }
+    // The counters that metrics read agree with the rows.
+    let mut counted = conn
+        .prepare("SELECT kind, state, n FROM counters WHERE n != 0 ORDER BY kind, state")
+        .expect("prepare");
+    let counters: Vec<(String, String, i64)> = counted
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let mut scanned = conn
+        .prepare(
+            "SELECT 'jobs', state, COUNT(*) FROM jobs GROUP BY state
+             UNION ALL SELECT 'parts', state, COUNT(*) FROM parts GROUP BY state
+             ORDER BY 1, 2",
+        )
+        .expect("prepare");
+    let fresh: Vec<(String, String, i64)> = scanned
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(counters, fresh, "the counters");
 }
 
 // === derive_state ===
@@ -384,7 +406,10 @@ async fn other_owners_see_nothing() {
         None
     );
     assert_eq!(
-        store.retry_failed(&id(1), BOB, T0).await.expect("retry"),
+        store
+            .retry_failed(&id(1), BOB, None, T0)
+            .await
+            .expect("retry"),
         None
     );
     assert_eq!(
@@ -838,7 +863,7 @@ async fn retry_failed_queues_failed_parts_again() {
 
     assert_eq!(
         store
-            .retry_failed(&id(1), ALICE, T0 + 1)
+            .retry_failed(&id(1), ALICE, Some(b"client-key".to_vec()), T0 + 1)
             .await
             .expect("retry"),
         Some(vec![1, 2])
@@ -864,7 +889,7 @@ async fn retry_failed_queues_failed_parts_again() {
     );
     assert_eq!(
         store
-            .retry_failed(&id(1), ALICE, T0 + 2)
+            .retry_failed(&id(1), ALICE, Some(b"client-key".to_vec()), T0 + 2)
             .await
             .expect("retry"),
         Some(vec![])
@@ -1343,4 +1368,90 @@ async fn a_version_1_database_is_migrated_in_place() {
         })
         .await
         .expect("the key table exists");
+}
+
+// === retention ===
+
+#[tokio::test]
+async fn finished_jobs_are_purged_after_retention_and_keys_cleared_when_final() {
+    let (dir, store) = open();
+    for n in 1..=3 {
+        store
+            .insert_job(single(&id(n), ALICE, T0))
+            .await
+            .expect("insert");
+    }
+    let key_of = |n: u32| {
+        let conn = rusqlite::Connection::open(dir.path().join("data").join(DB_FILE)).expect("open");
+        conn.query_row("SELECT api_key FROM jobs WHERE id = ?1", [id(n)], |r| {
+            r.get::<_, Option<Vec<u8>>>(0)
+        })
+        .expect("row")
+    };
+    // Jobs 1 and 2 finish (at T0 + 10 and T0 + 20); job 3 stays queued.
+    for (n, at) in [(1, T0 + 10), (2, T0 + 20)] {
+        store
+            .mark_in_flight(&id(n), 0, at)
+            .await
+            .expect("in flight");
+        store
+            .finish_part(&id(n), 0, PartState::Succeeded, None, None, at)
+            .await
+            .expect("finish");
+    }
+    assert_eq!(key_of(1), None, "a finished job keeps no key");
+    assert_eq!(key_of(3).as_deref(), Some(&b"client-key"[..]));
+    assert_counts_match(&dir);
+    // Retention: only what finished before the cut, at most `limit` at a time.
+    assert_eq!(store.purge_finished(T0 + 15, 10).await.expect("purge"), 1);
+    assert_eq!(store.job(&id(1), ALICE).await.expect("read"), None);
+    assert!(store.job(&id(2), ALICE).await.expect("read").is_some());
+    assert_eq!(store.purge_finished(T0 + 100, 10).await.expect("purge"), 1);
+    assert_eq!(store.purge_finished(T0 + 100, 10).await.expect("purge"), 0);
+    assert!(
+        store.job(&id(3), ALICE).await.expect("read").is_some(),
+        "unfinished stays"
+    );
+    assert_counts_match(&dir);
+    let stats = store.stats(T0 + 100).await.expect("stats");
+    let jobs: u64 = stats.jobs.iter().map(|(_, n)| n).sum();
+    assert_eq!(jobs, 1);
+}
+
+#[tokio::test]
+async fn a_version_3_database_gets_its_counters_and_drops_finished_keys() {
+    let (dir, store) = open();
+    for n in 1..=2 {
+        store
+            .insert_job(single(&id(n), ALICE, T0))
+            .await
+            .expect("insert");
+    }
+    store
+        .mark_in_flight(&id(1), 0, T0)
+        .await
+        .expect("in flight");
+    store
+        .finish_part(&id(1), 0, PartState::Failed, None, None, T0)
+        .await
+        .expect("finish");
+    drop(store);
+    // Back to what version 3 had: no counters, and finished jobs kept their keys.
+    let store = downgraded(
+        &dir,
+        "DROP TABLE counters; DROP INDEX jobs_state_updated; DROP INDEX jobs_state_created;
+         UPDATE jobs SET api_key = X'6B';
+         PRAGMA user_version = 3;",
+    );
+    assert_counts_match(&dir);
+    let conn = rusqlite::Connection::open(dir.path().join("data").join(DB_FILE)).expect("open");
+    let keys: Vec<Option<Vec<u8>>> = conn
+        .prepare("SELECT api_key FROM jobs ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(keys, [None, Some(b"k".to_vec())]);
+    drop(store);
 }
