@@ -100,6 +100,17 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         })?;
 
     let metrics = Arc::new(Metrics::new());
+    let mut labels: Vec<&str> = config
+        .routes
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    let defaults = crate::routes::defaults();
+    if config.routes.is_none() {
+        labels.extend(defaults.iter().map(|r| r.name.as_str()));
+    }
+    metrics.init(&labels);
     let health = Arc::new(Health::new(config.server.ready_requires_upstream));
     let upstream = Upstream::new(&config.upstream)?;
     let keys = Arc::new(KeyState::new(config.retry_policy(), metrics.clone()));

@@ -12,10 +12,13 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, LogFormat};
 use crate::simulator::HintMode;
 
+/// `sluice --version`: the crate's version and the git commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SLUICE_COMMIT"), ")");
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sluice",
-    version,
+    version = VERSION,
     about = "A resilient, durable sending proxy for the messaging API"
 )]
 pub struct Cli {
@@ -42,6 +45,14 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `sluice man > sluice.1 && man ./sluice.1`.
+    Man,
 }
 
 #[derive(Debug, Args)]
@@ -126,9 +137,13 @@ pub struct DemoArgs {
     /// Address of the demo's simulated API.
     #[arg(long, env = "SLUICE_DEMO_SIM_LISTEN", default_value = "127.0.0.1:8081")]
     pub sim_listen: SocketAddr,
-    /// Directory for the demo's durable state and sample bodies.
-    #[arg(long, env = "SLUICE_DEMO_DATA_DIR", default_value = "sluice-demo")]
-    pub data_dir: PathBuf,
+    /// Directory for the demo's durable state and sample bodies. Default: a new temporary
+    /// directory, removed at the end, so every run starts afresh.
+    #[arg(long, env = "SLUICE_DEMO_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// With --data-dir: empty it first (jobs left by an earlier run are not resumed).
+    #[arg(long, requires = "data_dir")]
+    pub fresh: bool,
 }
 
 /// A probability: a number from 0 to 1.

@@ -200,6 +200,74 @@ impl Config {
         Ok(config)
     }
 
+    /// The configuration from `file` (defaults without one) with the environment over it,
+    /// checked. Every key can be set by a variable `SLUICE_<SECTION>__<KEY>` (two
+    /// underscores; `SLUICE_QUEUE__MAX_ATTEMPTS=5`, `SLUICE_SERVER__SHUTDOWN_GRACE_MS=15000`)
+    /// and the routes by `SLUICE_ROUTES` (a TOML array of tables:
+    /// `[{name = "single", path = "/…", kind = "single"}]`). A value is read as TOML (a
+    /// number, a boolean, an array) and else taken as a string. A misspelt variable is
+    /// refused like a misspelt key. Flags (and their own variables, `SLUICE_LISTEN`…) are
+    /// applied over this by the caller.
+    pub fn from_sources(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let (path, text) = match file {
+            Some(path) => (
+                path.to_owned(),
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?,
+            ),
+            None => (PathBuf::from("<defaults>"), String::new()),
+        };
+        let parse_error = |message: String| ConfigError::Parse {
+            path: path.clone(),
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| parse_error(e.to_string()))?;
+        let mut from_env = Vec::new();
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let (section, key) = match rest.split_once("__") {
+                Some((section, key)) => (Some(section.to_ascii_lowercase()), key),
+                None if rest == "ROUTES" => (None, "routes"),
+                None => continue,
+            };
+            let value = env_value(&value);
+            let key = key.to_ascii_lowercase();
+            match section {
+                Some(section) => {
+                    let entry = table
+                        .entry(section.clone())
+                        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                    let toml::Value::Table(section_table) = entry else {
+                        return Err(parse_error(format!("{name}: `{section}` is not a section")));
+                    };
+                    section_table.insert(key, value);
+                }
+                None => {
+                    table.insert(key, value);
+                }
+            }
+            from_env.push(name);
+        }
+        let config = Config::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let origin = if from_env.is_empty() {
+                String::new()
+            } else {
+                format!(" (with {} from the environment)", from_env.join(", "))
+            };
+            parse_error(format!("{e}{origin}"))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Parses TOML text and checks the values.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -329,6 +397,19 @@ impl Config {
     }
 }
 
+/// The prefix of the environment variables that set config keys (see
+/// [`Config::from_sources`]).
+pub const ENV_PREFIX: &str = "SLUICE_";
+
+/// An environment value as TOML: `5`, `true`, `[1, 2]` keep their type; anything else is a
+/// string (`0.0.0.0:8080`, `http://api`).
+fn env_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
 // === defaults ===
 
 impl Default for QueueConfig {
@@ -431,6 +512,74 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("lisen"), "{msg}");
         assert!(msg.contains("line 3"), "{msg}");
+    }
+
+    #[test]
+    fn every_key_can_come_from_the_environment() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let config = Config::from_sources(
+            None,
+            env(&[
+                ("SLUICE_QUEUE__MAX_ATTEMPTS", "5"),
+                ("SLUICE_SERVER__LISTEN", "0.0.0.0:8080"),
+                ("SLUICE_SERVER__READY_REQUIRES_UPSTREAM", "true"),
+                ("SLUICE_UPSTREAM__URL", "https://api.example.test"),
+                (
+                    "SLUICE_ROUTES",
+                    r#"[{name = "one", path = "/one", kind = "single"}]"#,
+                ),
+                // Flags' own variables and other programs' are not config keys.
+                ("SLUICE_LISTEN", "127.0.0.1:1"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.queue.max_attempts, 5);
+        assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
+        assert!(config.server.ready_requires_upstream);
+        assert_eq!(config.upstream.url, "https://api.example.test");
+        assert_eq!(config.routes().len(), 1);
+        // A misspelt variable is refused, named.
+        let err = Config::from_sources(None, env(&[("SLUICE_QUEUE__MAX_ATEMPTS", "5")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("max_atempts") && err.contains("SLUICE_QUEUE__MAX_ATEMPTS"),
+            "{err}"
+        );
+        // Values are checked as in a file.
+        let err = Config::from_sources(None, env(&[("SLUICE_QUEUE__MAX_ATTEMPTS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("queue.max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_goes_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sluice.toml");
+        std::fs::write(
+            &file,
+            "[queue]
+max_attempts = 3
+sync_wait_ms = 7
+",
+        )
+        .unwrap();
+        let config = Config::from_sources(
+            Some(&file),
+            [("SLUICE_QUEUE__MAX_ATTEMPTS".to_string(), "4".to_string())],
+        )
+        .unwrap();
+        assert_eq!(
+            (config.queue.max_attempts, config.queue.sync_wait_ms),
+            (4, 7)
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! then sends through the proxy and reports how the 429s were absorbed), then stays up
 //! for the printed curl lines until Ctrl-C.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -56,7 +56,59 @@ const LARGE: u64 = 450_000;
 
 /// Runs the demo until `shutdown`.
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxError> {
-    create_private_dir(&args.data_dir)?;
+    let dir = DemoDir::new(args.data_dir.clone(), args.fresh)?;
+    let result = demo(&args, dir.path(), shutdown).await;
+    drop(dir);
+    result
+}
+
+/// The demo's data dir: the one given (emptied first with `--fresh`), or a new temporary
+/// one removed at the end.
+struct DemoDir {
+    path: PathBuf,
+    temporary: bool,
+}
+
+impl DemoDir {
+    fn new(given: Option<PathBuf>, fresh: bool) -> std::io::Result<Self> {
+        let (path, temporary) = match given {
+            Some(path) => {
+                if fresh && path.exists() {
+                    std::fs::remove_dir_all(&path)?;
+                }
+                (path, false)
+            }
+            None => (
+                std::env::temp_dir().join(format!(
+                    "sluice-demo-{}-{:08x}",
+                    std::process::id(),
+                    rand::random::<u32>()
+                )),
+                true,
+            ),
+        };
+        create_private_dir(&path)?;
+        Ok(Self { path, temporary })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+async fn demo(
+    args: &DemoArgs,
+    data_dir: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), BoxError> {
     let sim = Simulator::new(SimConfig {
         max_pending: MAX_PENDING,
         drain_rate: DRAIN_RATE,
@@ -75,7 +127,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
     let mut config = Config::default();
     config.server.listen = args.listen;
     config.server.admin_listen = args.admin_listen;
-    config.server.data_dir = args.data_dir.clone();
+    config.server.data_dir = data_dir.to_path_buf();
     config.upstream.url = format!("http://{sim_addr}");
     let running = app::start(&config, None).await?;
     let proxy = format!("http://{}", running.addr);
@@ -112,9 +164,9 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> Result<(), BoxE
             false,
         )
         .await?;
-    let fill = args.data_dir.join("bulk-50000.json");
-    let small = args.data_dir.join("bulk-5000.json");
-    let large = args.data_dir.join("bulk-450000.json");
+    let fill = data_dir.join("bulk-50000.json");
+    let small = data_dir.join("bulk-5000.json");
+    let large = data_dir.join("bulk-450000.json");
     write_bulk(&fill, MAX_PENDING, 0)?;
     write_bulk(&small, 5_000, 1_000_000)?;
     write_bulk(&large, LARGE, 2_000_000)?;

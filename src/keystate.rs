@@ -229,14 +229,17 @@ impl KeyState {
     }
 
     /// Refreshes the cooldown gauge (called at scrape time).
+    /// Every key that met a 429 (and is not yet forgotten) has a series: its time left, 0
+    /// once its cooldown is over.
     pub fn export_cooldowns(&self) {
         let gauge = &self.metrics.cooldown_remaining;
         gauge.reset();
-        self.cooldowns.for_each_remaining(|key, left| {
+        for key in self.cooldowns.keys() {
+            let left = self.cooldowns.remaining(&key).unwrap_or_default();
             gauge
                 .with_label_values(&[&key.to_string()])
                 .set(left.as_secs_f64());
-        });
+        }
     }
 }
 

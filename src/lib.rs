@@ -15,6 +15,7 @@
 //!   dispatcher, jobs API); [`split`]: cutting recipients arrays without a `Value` tree.
 //! - [`validate`]: the API's documented rules checked before anything is sent (phone
 //!   numbers, media URLs, templates, malformed bodies), answered in the API's format.
+//! - [`logs`]: flat JSON log lines, `request_id` always top level.
 //! - [`api`]: the provider's wire shapes; [`error`]: the proxy's own errors, mapped once.
 //! - [`body`]: reading a send's or template's body whole, undoing its Content-Encoding.
 //! - [`metrics`], [`admin`], [`health`]: Prometheus metrics, the admin listener and what
@@ -35,6 +36,7 @@ pub mod error;
 pub mod health;
 pub mod keystate;
 pub mod layers;
+pub mod logs;
 pub mod metrics;
 pub mod proxy;
 pub mod queue;

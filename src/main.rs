@@ -5,17 +5,32 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use sluice::cli::{Cli, Command};
 use sluice::config::{Config, LogFormat};
-use sluice::{apikey::ApiKey, app, demo, simulator};
+use sluice::{apikey::ApiKey, app, demo, logs, simulator};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = Cli::command();
+            clap_complete::generate(*shell, &mut command, "sluice", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sluice: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     if let Command::CheckConfig { file } = &cli.command {
         return match Config::load(file) {
             Ok(_) => {
@@ -51,10 +66,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     let shutdown = shutdown_signal();
     match cli.command {
         Command::Serve(args) => {
-            let mut config = match &args.config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
+            let mut config = Config::from_sources(args.config.as_deref(), std::env::vars())?;
             args.apply(&mut config);
             let logs = init_logging(&cli.log_format, &cli.log_level, &config);
             config.validate()?;
@@ -94,36 +106,21 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             init_logging(&cli.log_format, &cli.log_level, &config);
             demo::run(args, shutdown).await?;
         }
-        Command::CheckConfig { .. } => unreachable!("handled before the runtime starts"),
+        Command::CheckConfig { .. } | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled before the runtime starts")
+        }
     }
     Ok(())
 }
 
-/// Changes the log filter while running (on SIGHUP).
-type LogHandle = reload::Handle<EnvFilter, Registry>;
-
-/// Logging to stdout: flags over config; `RUST_LOG` over both. Returns the handle that
-/// changes the filter later.
-fn init_logging(format: &Option<LogFormat>, level: &Option<String>, config: &Config) -> LogHandle {
+/// Logging to stdout: flags over config; `RUST_LOG` over both (see [`logs`]).
+fn init_logging(
+    format: &Option<LogFormat>,
+    level: &Option<String>,
+    config: &Config,
+) -> logs::Handle {
     let level = level.clone().unwrap_or_else(|| config.log.level.clone());
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    match format.unwrap_or(config.log.format) {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false),
-            )
-            .init(),
-        LogFormat::Text => registry.with(fmt::layer()).init(),
-    }
-    handle
+    logs::init(format.unwrap_or(config.log.format), &level)
 }
 
 /// SIGHUP reloads what can change while running, the log level (from `--log-level`, else
@@ -131,7 +128,7 @@ fn init_logging(format: &Option<LogFormat>, level: &Option<String>, config: &Con
 /// sluice, whatever the file holds.
 async fn reload_on_hangup(
     hangups: Option<Hangups>,
-    logs: LogHandle,
+    logs: logs::Handle,
     file: Option<PathBuf>,
     flag: Option<String>,
 ) {
@@ -148,8 +145,9 @@ async fn reload_on_hangup(
             }
             let level = match (&flag, &file) {
                 (Some(level), _) => Ok(level.clone()),
-                (None, Some(path)) => Config::load(path).map(|c| c.log.level),
-                (None, None) => Ok(Config::default().log.level),
+                (None, file) => {
+                    Config::from_sources(file.as_deref(), std::env::vars()).map(|c| c.log.level)
+                }
             };
             let applied = level
                 .map_err(|e| e.to_string())

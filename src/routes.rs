@@ -43,11 +43,16 @@ pub struct Route {
     /// Bulk and single: how to look a send up in the API when its answer was lost (a
     /// timeout, a broken connection), before sending it again: a GET path and query where
     /// `{phoneNumber}` is a recipient's number and `{name}` a segment of `path`. The API
-    /// lists the messages it accepted, with `messageId` and `createdAt`. Empty: no lookup
-    /// (such a part is sent once more, then called uncertain).
-    #[serde(default = "default_lookup")]
-    pub lookup: String,
+    /// lists the messages it accepted, with `messageId` and `createdAt`. `""`: no lookup
+    /// (such a part is sent once more, then called uncertain). Unset: the API's messages
+    /// query ([`DEFAULT_LOOKUP`]) when `path` has a `{campaignId}` segment, else none.
+    #[serde(default)]
+    pub lookup: Option<String>,
 }
+
+/// The lookup a send route has when it sets none and its path names `{campaignId}`.
+pub const DEFAULT_LOOKUP: &str =
+    "/api/v1/messages?phoneNumber={phoneNumber}&campaignId={campaignId}";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,9 +87,6 @@ fn default_pointer() -> String {
 fn default_max_recipients() -> u64 {
     200_000
 }
-fn default_lookup() -> String {
-    "/api/v1/messages?phoneNumber={phoneNumber}&campaignId={campaignId}".into()
-}
 
 /// The two send endpoints and template creation, as `upstream-api.md` describes them.
 pub fn defaults() -> Vec<Route> {
@@ -97,7 +99,7 @@ pub fn defaults() -> Vec<Route> {
         max_recipients_per_request: default_max_recipients(),
         validation: Mode::default(),
         invalid_recipients: InvalidRecipients::default(),
-        lookup: default_lookup(),
+        lookup: None,
     };
     vec![
         route(
@@ -153,8 +155,10 @@ impl Route {
                 self.name
             ));
         }
-        if !self.lookup.is_empty() && self.kind != RouteKind::Template {
-            self.check_lookup()?;
+        if self.kind != RouteKind::Template {
+            if let Some(lookup) = self.lookup.as_deref().filter(|l| !l.is_empty()) {
+                self.check_lookup(lookup)?;
+            }
         }
         if self.kind == RouteKind::Bulk {
             if !self.recipients_pointer.starts_with('/') {
@@ -177,12 +181,12 @@ impl Route {
 impl Route {
     /// The lookup starts with `/`, names `{phoneNumber}`, and every other `{name}` in it is
     /// a segment of the route's path.
-    fn check_lookup(&self) -> Result<(), String> {
+    fn check_lookup(&self, lookup: &str) -> Result<(), String> {
         let bad = |why: &str| Err(format!("route {}: lookup {why}", self.name));
-        if !self.lookup.starts_with('/') {
+        if !lookup.starts_with('/') {
             return bad("must start with '/'");
         }
-        if !self.lookup.contains("{phoneNumber}") {
+        if !lookup.contains("{phoneNumber}") {
             return bad("must contain {phoneNumber}");
         }
         let params: Vec<&str> = self
@@ -190,7 +194,7 @@ impl Route {
             .split('/')
             .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
             .collect();
-        let mut rest = self.lookup.as_str();
+        let mut rest = lookup;
         while let Some(open) = rest.find('{') {
             let Some(close) = rest[open..].find('}') else {
                 return bad("has a '{' without a '}'");
@@ -204,6 +208,16 @@ impl Route {
             rest = &rest[open + close + 1..];
         }
         Ok(())
+    }
+
+    /// The lookup in force: the one set, or [`DEFAULT_LOOKUP`] for a path with a
+    /// `{campaignId}` segment; `None` for no lookup.
+    pub fn lookup(&self) -> Option<&str> {
+        match self.lookup.as_deref() {
+            Some("") => None,
+            Some(lookup) => Some(lookup),
+            None => self.path.contains("{campaignId}").then_some(DEFAULT_LOOKUP),
+        }
     }
 
     /// The values of the path's `{name}` segments in `path` (a request path that this route
@@ -346,9 +360,19 @@ mod tests {
             ("/m?p={phoneNumber}&x={other}", false),
             ("/m?p={phoneNumber}&x={open", false),
         ] {
-            r.lookup = lookup.into();
+            r.lookup = Some(lookup.into());
             assert_eq!(r.validate().is_ok(), ok, "{lookup}: {:?}", r.validate());
         }
+        r.lookup = None;
+        assert_eq!(r.lookup(), Some(DEFAULT_LOOKUP));
+        r.path = "/send/{channel}".into();
+        assert_eq!(
+            r.lookup(),
+            None,
+            "no campaign in the path: no default lookup"
+        );
+        r.validate().unwrap();
+        r.path = "/api/v1/campaigns/{campaignId}/bulk/{channel}".into();
         assert_eq!(
             r.params("/api/v1/campaigns/7/bulk/sms?x=1"),
             [("campaignId", "7"), ("channel", "sms")]

@@ -978,10 +978,11 @@ impl Exposition {
     }
 
     /// Every sample of `name`, by labels.
+    /// The family's series that counted something (series created at 0 are left out).
     fn family(&self, name: &str) -> BTreeMap<Labels, f64> {
         self.samples
             .iter()
-            .filter(|(n, _, _)| n == name)
+            .filter(|(n, _, v)| n == name && *v != 0.0)
             .map(|(_, l, v)| (l.clone(), *v))
             .collect()
     }

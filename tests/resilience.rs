@@ -310,7 +310,7 @@ async fn a_fate_nobody_can_tell_is_uncertain_after_one_resend() {
         c.queue.reconcile_delay_ms = 50;
         let mut routes = sluice::routes::defaults();
         for r in &mut routes {
-            r.lookup = String::new();
+            r.lookup = Some(String::new());
         }
         c.routes = Some(routes);
     })

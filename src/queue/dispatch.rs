@@ -564,7 +564,7 @@ impl Inner {
             max_recipients_per_request: u64::MAX,
             validation: crate::validate::Mode::Off,
             invalid_recipients: crate::validate::InvalidRecipients::Reject,
-            lookup: String::new(),
+            lookup: Some(String::new()),
         })
     }
 

@@ -132,9 +132,9 @@ impl Inner {
         key: &HeaderValue,
         since: i64,
     ) -> Reconciled {
-        if route.lookup.is_empty() {
+        let Some(template) = route.lookup() else {
             return Reconciled::Unanswered(format!("route {} has no lookup", route.name));
-        }
+        };
         let body = match self.store.part_body(&part.job_id, part.bytes.clone()).await {
             Ok(body) => body,
             Err(e) => return Reconciled::Unanswered(e.to_string()),
@@ -152,7 +152,7 @@ impl Inner {
         let mut first = None;
         // A bulk part is accepted or refused whole: every number looked up must be there.
         for phone in &phones {
-            let path = lookup::lookup_path(&route.lookup, &params, phone);
+            let path = lookup::lookup_path(template, &params, phone);
             match self.look_up_one(&path, key, since).await {
                 Reconciled::Accepted(found) => {
                     first.get_or_insert(found);

@@ -127,6 +127,7 @@ impl Inner {
         }
         self.metrics.retries.with_label_values(&["connect"]).inc();
         let wait = self.upstream.breaker().remaining().unwrap_or_default();
+        self.metrics.observe_wait("outage", wait);
         self.reschedule(part, None, error, wait, false).await
     }
 

@@ -179,6 +179,11 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
         }
     }
 
+    /// The keys with a gate (keys that met a 429 and were not evicted since).
+    pub fn keys(&self) -> Vec<K> {
+        self.gates.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Keys with a gate (keys that met a 429 and were not evicted since).
     pub fn len(&self) -> usize {
         self.gates.len()

@@ -7,7 +7,10 @@
 
 use std::time::Duration;
 
+mod process;
+
 use crate::retry::Outcome;
+use process::Process;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -56,6 +59,8 @@ pub struct Metrics {
     pub connections_closed: IntCounterVec,
     pub requests_shed: IntCounter,
     pub state_entries: IntGaugeVec,
+    process: Process,
+    pub build_info: IntGaugeVec,
     pub idempotent_replays: IntCounterVec,
     pub lenient_content_type: IntCounterVec,
 }
@@ -64,9 +69,12 @@ pub struct Metrics {
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-/// Buckets for retry waits (seconds): 10 ms to 5 min (the default hint cap).
+/// Buckets for retry waits (seconds), 50 ms to 5½ min: a bound at each whole hint a
+/// typical API gives (1, 2, 3, 5, 10, 30, 60 s…) and one just above it, so that a hint plus
+/// sluice's jitter (up to 250 ms by default) lands in its own bucket.
 const WAIT_BUCKETS: &[f64] = &[
-    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.5, 15.0, 20.0,
+    25.0, 30.0, 32.5, 45.0, 60.0, 90.0, 120.0, 180.0, 240.0, 300.0, 330.0,
 ];
 
 // === impl Metrics ===
@@ -122,7 +130,7 @@ impl Metrics {
             retry_wait: histogram_vec(
                 &registry,
                 "sluice_retry_wait_seconds",
-                "Waits before a retry, by where the wait came from: hint (Retry-After or retryAfterSeconds) or backoff (no hint).",
+                "Waits before a retry, of pass-through requests and queued parts alike, by where the wait came from: hint (Retry-After or retryAfterSeconds), backoff (no hint, a 5xx), outage (the API unreachable: the wait for the next probe).",
                 &["source"],
                 WAIT_BUCKETS,
             ),
@@ -328,22 +336,93 @@ impl Metrics {
                 "Sends and template creations accepted with a JSON body under a Content-Type that is not JSON but names no other format either (application/x-www-form-urlencoded, text/plain…), as the API accepts them; by route.",
                 &["route"],
             ),
+            process: Process::register(&registry),
+            build_info: {
+                let g = gauge_vec(
+                    &registry,
+                    "sluice_build_info",
+                    "Always 1; the labels say which sluice this is: version (Cargo) and commit (git, 12 hex digits, or unknown).",
+                    &["version", "commit"],
+                );
+                g.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("SLUICE_COMMIT")])
+                    .set(1);
+                g
+            },
             registry,
         };
-        #[cfg(target_os = "linux")]
-        {
-            let pc = prometheus::process_collector::ProcessCollector::new(
-                std::process::id() as i32,
-                "sluice",
-            );
-            // Registration fails only on a duplicate, which cannot happen on a new registry.
-            let _ = m.registry.register(Box::new(pc));
-        }
         m
+    }
+
+    /// Creates at 0 every labelled series whose labels are known in advance, so that a
+    /// fresh sluice exports them (dashboards say 0, not "No data"): per route (`routes`:
+    /// the configured send routes' names and the client labels), per reason, source,
+    /// result, listener and kind.
+    pub fn init(&self, routes: &[&str]) {
+        const FAILURES: [&str; 5] = ["status_4xx", "status_5xx", "timeout", "connect", "body"];
+        const RETRIES: [&str; 5] = ["rate_limited", "status_5xx", "timeout", "connect", "body"];
+        const LISTENERS: [&str; 2] = ["main", "admin"];
+        const CLOSED: [&str; 4] = [
+            "first_byte_timeout",
+            "idle_timeout",
+            "evicted_at_cap",
+            "refused_at_cap",
+        ];
+        for reason in RETRIES {
+            self.retries.with_label_values(&[reason]);
+        }
+        for source in ["hint", "backoff", "outage"] {
+            self.retry_wait.with_label_values(&[source]);
+        }
+        for reason in ["size", "capacity"] {
+            self.parts_split.with_label_values(&[reason]);
+        }
+        for listener in LISTENERS {
+            self.connections_open.with_label_values(&[listener]);
+            for reason in CLOSED {
+                self.connections_closed
+                    .with_label_values(&[listener, reason]);
+            }
+        }
+        for kind in [
+            "waiters",
+            "cooldown_gates",
+            "bulk_locks",
+            "rate_limiter_keys",
+        ] {
+            self.state_entries.with_label_values(&[kind]);
+        }
+        for route in routes.iter().chain(&["passthrough"]) {
+            self.client_duration.with_label_values(&[route]);
+            self.upstream_duration.with_label_values(&[route]);
+            self.upstream_rate_limited.with_label_values(&[route]);
+            self.deadline_exceeded.with_label_values(&[route]);
+            for reason in FAILURES {
+                self.upstream_failures.with_label_values(&[route, reason]);
+            }
+        }
+        for route in routes {
+            self.jobs_accepted.with_label_values(&[route]);
+            for reason in ["queue_full", "invalid", "store"] {
+                self.queue_rejected.with_label_values(&[route, reason]);
+            }
+            self.dead_letters.with_label_values(&[route]);
+            self.recipients_delivered.with_label_values(&[route]);
+            self.recipients_failed.with_label_values(&[route]);
+            self.recipients_uncertain.with_label_values(&[route]);
+            for result in ["accepted", "not_accepted", "unanswered"] {
+                self.reconciliations.with_label_values(&[route, result]);
+            }
+            for result in ["replayed", "conflict"] {
+                self.idempotent_replays.with_label_values(&[route, result]);
+            }
+            self.lenient_content_type.with_label_values(&[route]);
+            self.validation_skipped.with_label_values(&[route]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.process.refresh();
         let mut out = Vec::with_capacity(16 * 1024);
         let encoder = TextEncoder::new();
         // Encoding into a Vec cannot fail for well-formed families.
