@@ -82,7 +82,7 @@ const WAIT_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let m = Self {
+        Self {
             client_requests: counter_vec(
                 &registry,
                 "sluice_client_requests_total",
@@ -349,8 +349,7 @@ impl Metrics {
                 g
             },
             registry,
-        };
-        m
+        }
     }
 
     /// Creates at 0 every labelled series whose labels are known in advance, so that a
