@@ -33,8 +33,8 @@ use super::dispatch::{now_ms, Watch};
 use super::idempotency::{self, IdempotencyError};
 use super::prefer::{self, Preference};
 use super::store::{
-    Dispatchable, Inserted, JobRecord, JobState, NewIdempotency, NewJob, NewPart, PartCounts,
-    PartRecord, PartState,
+    Inserted, JobRecord, JobState, NewIdempotency, NewJob, NewPart, PartCounts, PartRecord,
+    PartState,
 };
 use super::{plan, Queue, QueueInner};
 use crate::apikey::{self, KeyId};
@@ -242,10 +242,7 @@ impl Queue {
             gate.skipped(cut.skipped.len());
             tracing::info!(job = %id, route = %route.name, skipped = cut.skipped.len(), "recipients skipped by validation");
         }
-        let sole = cut.parts.len() == 1;
-        for (seq, p) in cut.parts.iter().enumerate() {
-            q.dispatcher.enqueue(meta.dispatchable(seq as u32, p, sole));
-        }
+        q.dispatcher.wake(&meta.owner);
         let record = meta.record(cut.recipients, &cut.parts, skipped_json);
         tracing::info!(job = %id, route = %route.name, recipients = cut.recipients, parts = record.parts.len(), "job accepted");
 
@@ -428,28 +425,6 @@ struct JobMeta {
 // === impl JobMeta ===
 
 impl JobMeta {
-    fn dispatchable(&self, seq: u32, part: &NewPart, sole: bool) -> Dispatchable {
-        Dispatchable {
-            job_id: self.id.clone(),
-            seq,
-            owner: self.owner.clone(),
-            api_key: self.api_key.clone(),
-            route: self.route.clone(),
-            method: self.method.clone(),
-            path: self.path.clone(),
-            headers: self.headers.clone(),
-            items: part.items.clone(),
-            bytes: part.bytes.clone(),
-            attempts: 0,
-            next_attempt_at: None,
-            created_at: self.created_at,
-            reconcile_from: None,
-            blind_resends: 0,
-            last_error: None,
-            sole,
-        }
-    }
-
     /// The job as just stored: every part queued, nothing attempted.
     fn record(self, recipients: u64, parts: &[NewPart], skipped: Option<String>) -> JobRecord {
         JobRecord {

@@ -39,7 +39,7 @@ use tokio_util::task::TaskTracker;
 use super::plan;
 use super::policy::{self, Answer, Exhausted};
 use super::reconcile::Turn;
-use super::scheduler::{schedule, Entry};
+use super::scheduler::{schedule, Allowance, Wake};
 use super::settle::Attempt;
 use super::store::{Dispatchable, Store, StoreError};
 use crate::apikey::{ApiKey, KeyId};
@@ -99,7 +99,7 @@ pub(super) struct Inner {
     pub(super) settings: DispatchSettings,
     routes: HashMap<String, Route>,
     slots: Semaphore,
-    tx: mpsc::UnboundedSender<Entry>,
+    wakes: mpsc::UnboundedSender<Wake>,
     waiters: DashMap<String, Arc<Notify>>,
     /// Per-key locks for sending one part at a time (see `attempt`).
     serial: DashMap<KeyId, Arc<tokio::sync::Mutex<()>>>,
@@ -111,7 +111,8 @@ pub(super) struct Inner {
 // === impl Dispatcher ===
 
 impl Dispatcher {
-    /// Starts the scheduler; parts come in through [`Dispatcher::enqueue`].
+    /// Starts the scheduler, which takes parts from the store as they are due; new ones
+    /// are announced with [`Dispatcher::wake`].
     pub fn start(
         store: Arc<Store>,
         upstream: Upstream,
@@ -121,7 +122,7 @@ impl Dispatcher {
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (wakes, rx) = mpsc::unbounded_channel();
         let limiter = |per_sec: u32| {
             NonZeroU32::new(per_sec).map(|n| RateLimiter::keyed(Quota::per_second(n)))
         };
@@ -140,25 +141,33 @@ impl Dispatcher {
             keys,
             metrics,
             settings,
-            tx,
+            wakes,
             waiters: DashMap::new(),
             serial: DashMap::new(),
             backlog: Backlog::default(),
         });
-        let per_key = inner.settings.concurrency;
+        let allowance = Allowance {
+            per_key: inner.settings.concurrency,
+            hold: inner.settings.concurrency * 2,
+        };
         tasks.spawn(schedule(
             inner.clone(),
             rx,
-            per_key,
+            allowance,
             shutdown,
             tasks.clone(),
         ));
         Self { inner }
     }
 
-    /// Schedules a part at its `next_attempt_at` (or now).
-    pub fn enqueue(&self, part: Dispatchable) {
-        self.inner.enqueue(part, None, false);
+    /// Tells the scheduler that `owner` (a [`KeyId::full`]) has parts due now.
+    pub fn wake(&self, owner: &str) {
+        self.inner.wake(owner, 0);
+    }
+
+    /// Takes recipients and bytes that will not be sent (cancelled) out of the backlog.
+    pub fn release_backlog(&self, recipients: u64, bytes: u64) {
+        self.inner.remove_backlog(recipients, bytes);
     }
 
     /// Adds newly accepted work to the back-pressure figures.
@@ -315,17 +324,14 @@ pub fn now_ms() -> i64 {
 // === impl Inner ===
 
 impl Inner {
-    pub(super) fn enqueue(&self, part: Dispatchable, after: Option<Duration>, bypass: bool) {
-        let at = match after {
-            Some(wait) => Instant::now() + wait,
-            None => {
-                let delay = part.next_attempt_at.map_or(0, |t| (t - now_ms()).max(0));
-                Instant::now() + Duration::from_millis(delay as u64)
-            }
-        };
-        // The receiver lives as long as the scheduler; after shutdown the part stays
-        // queued on disk and is picked up at the next start.
-        let _ = self.tx.send(Entry { at, part, bypass });
+    /// Tells the scheduler that `owner` has parts due at `at` (unix ms; 0 for now). The
+    /// receiver lives as long as the scheduler; after shutdown the parts stay queued on
+    /// disk and are taken at the next start.
+    pub(super) fn wake(&self, owner: &str, at: i64) {
+        let _ = self.wakes.send(Wake::Due {
+            owner: owner.to_string(),
+            at,
+        });
     }
 
     pub(super) fn remove_backlog(&self, recipients: u64, bytes: u64) {
@@ -359,26 +365,28 @@ impl Inner {
         }
     }
 
-    /// One part's turn; store errors leave it queued on disk and retry it later.
-    pub(super) async fn run(self: Arc<Self>, part: Dispatchable, bypass: bool) {
-        let retry_copy = part.clone();
-        match self.attempt(part, bypass).await {
-            Ok(()) => {}
-            // Cancelled (or finished) meanwhile: nothing more to send for this part.
-            Err(StoreError::WrongState(state)) => {
-                let p = &retry_copy;
-                tracing::info!(job = %p.job_id, part = p.seq, ?state, "part no longer to be sent");
-                self.remove_backlog(p.items.end - p.items.start, p.bytes.end - p.bytes.start);
-                self.notify(&p.job_id);
-            }
-            Err(e) => {
-                tracing::error!(job = %retry_copy.job_id, error = %e, "queue store error; part retried in 1 s");
-                self.enqueue(retry_copy, Some(Duration::from_secs(1)), false);
+    /// One part's turn. A store error leaves the part where it was on disk; the turn is
+    /// tried again a second later (the part stays in memory meanwhile).
+    pub(super) async fn run(self: Arc<Self>, part: Dispatchable) {
+        loop {
+            match self.attempt(part.clone()).await {
+                Ok(()) => return,
+                // Cancelled (or finished) meanwhile: nothing more to send for this part;
+                // the cancel took it out of the backlog.
+                Err(StoreError::WrongState(state)) => {
+                    tracing::info!(job = %part.job_id, part = part.seq, ?state, "part no longer to be sent");
+                    self.notify(&part.job_id);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(job = %part.job_id, error = %e, "queue store error; part tried again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }
 
-    async fn attempt(&self, mut part: Dispatchable, bypass: bool) -> Result<(), StoreError> {
+    async fn attempt(&self, mut part: Dispatchable) -> Result<(), StoreError> {
         let route = self.route(&part.route);
         let Some((key_value, key_id)) = self.key_for(&part) else {
             let error = "no API key: the client sent none and sluice holds none".to_string();
@@ -414,7 +422,7 @@ impl Inner {
         // before (a 429 cools the key down, and tells its room and maxAllowed, before the
         // next part is let through), so a wave of large parts cannot run into the same full
         // capacity together. Single sends go in parallel, gated by the key's cooldown alone.
-        let _serial = if !bypass && route.kind == RouteKind::Bulk {
+        let _serial = if route.kind == RouteKind::Bulk {
             let lock = self.serial.entry(key_id).or_default().clone();
             Some(lock.lock_owned().await)
         } else {
@@ -422,7 +430,7 @@ impl Inner {
         };
         // During a cooldown, a send that fits in the room the API's last 429 reported goes
         // at once (the API said it would take it); the rest wait for the cooldown's probe.
-        let permit = if bypass || self.keys.take_room(&key_id, n) {
+        let permit = if self.keys.take_room(&key_id, n) {
             None
         } else {
             let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);

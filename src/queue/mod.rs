@@ -145,20 +145,16 @@ impl Queue {
             Duration::from_secs(q.key_idle_secs),
             shutdown.clone(),
         ));
-        let unfinished = store.unfinished().await?;
-        if !unfinished.is_empty() {
+        // What is left to send stays on disk; the scheduler pages it in as it is due.
+        let (recipients, bytes) = store.backlog().await?;
+        if recipients > 0 {
             tracing::info!(
-                parts = unfinished.len(),
-                "resuming unfinished parts from the store"
+                recipients,
+                bytes,
+                "resuming unfinished sends from the store"
             );
         }
-        for part in unfinished {
-            dispatcher.add_backlog(
-                part.items.end - part.items.start,
-                part.bytes.end - part.bytes.start,
-            );
-            dispatcher.enqueue(part);
-        }
+        dispatcher.add_backlog(recipients, bytes);
         let idempotency_ttl = Duration::from_secs(q.idempotency_ttl_secs);
         tasks.spawn(housekeep(
             store.clone(),

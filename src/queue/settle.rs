@@ -89,9 +89,7 @@ impl Inner {
         let why = "rate limited: waiting for the API's hint".to_string();
         match cut {
             Some(cut) => {
-                let reason = if let Some(now) = cut.now {
-                    // The piece that goes at once uses the room the 429 reported.
-                    let _ = self.keys.take_room(&a.key, now);
+                let reason = if cut.now.is_some() {
                     "capacity"
                 } else {
                     "size"
@@ -208,7 +206,7 @@ impl Inner {
     /// Puts a part that was just sent back in the queue after `wait`, recording why.
     async fn reschedule(
         &self,
-        mut part: Dispatchable,
+        part: Dispatchable,
         status: Option<u16>,
         why: String,
         wait: Duration,
@@ -223,26 +221,37 @@ impl Inner {
             reconcile_from: part.reconcile_from,
             blind_resends: part.blind_resends,
         };
-        self.store
+        let state = self
+            .store
             .schedule_retry(&part.job_id, part.seq, retry, now_ms())
             .await?;
-        if count_attempt {
-            part.attempts += 1;
-        }
-        part.next_attempt_at = Some(next);
-        part.last_error = Some(why);
-        self.enqueue(part, Some(wait), false);
+        self.back_in_queue(&part, state, next);
         Ok(())
+    }
+
+    /// A part went back to the store in `state`: the scheduler takes it again at `next`,
+    /// unless its job was cancelled meanwhile (then it leaves the backlog).
+    fn back_in_queue(&self, part: &Dispatchable, state: PartState, next: i64) {
+        if state == PartState::Cancelled {
+            self.remove_backlog(
+                part.items.end - part.items.start,
+                part.bytes.end - part.bytes.start,
+            );
+            self.notify(&part.job_id);
+        } else {
+            self.wake(&part.owner, next);
+        }
     }
 
     /// Puts a part that was not sent this turn back in the queue after `wait`.
     pub(super) async fn postpone(
         &self,
-        mut part: Dispatchable,
+        part: Dispatchable,
         wait: Duration,
     ) -> Result<(), StoreError> {
         let next = now_ms() + wait.as_millis() as i64;
-        self.store
+        let state = self
+            .store
             .postpone(
                 &part.job_id,
                 part.seq,
@@ -252,8 +261,7 @@ impl Inner {
                 now_ms(),
             )
             .await?;
-        part.next_attempt_at = Some(next);
-        self.enqueue(part, Some(wait), false);
+        self.back_in_queue(&part, state, next);
         Ok(())
     }
 
@@ -327,15 +335,10 @@ impl Inner {
             request_id = part.request_id().as_deref(), job = %part.job_id, part = part.seq, pieces = seqs.len(), reason,
             "part split"
         );
-        let mut pieces = self.store.dispatchable(&part.job_id, &seqs).await?;
-        pieces.sort_by_key(|p| p.items.start);
-        for (i, piece) in pieces.into_iter().enumerate() {
-            if i == 0 && cut.now.is_some() {
-                self.enqueue(piece, Some(Duration::ZERO), true);
-            } else {
-                self.enqueue(piece, Some(wait), false);
-            }
-        }
+        // The pieces are due now: the scheduler takes them in (the first, of the room the
+        // 429 reported, goes at once on that room; the others wait for the key's cooldown).
+        let _ = wait;
+        self.wake(&part.owner, 0);
         Ok(())
     }
 

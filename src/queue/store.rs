@@ -96,6 +96,8 @@ pub struct Store {
     writable: Arc<AtomicBool>,
     /// The data dir's lock, held for the store's life: one sluice per data dir.
     _lock: std::fs::File,
+    /// This start's run number (random), see [`Store::claim`].
+    run: i64,
 }
 
 /// Why a store operation failed.
@@ -353,6 +355,9 @@ pub struct Dispatchable {
     /// The part is its job's only one (it was never split): it goes up under the client's
     /// own `Idempotency-Key` unchanged.
     pub sole: bool,
+    /// The job's row number and its owner's number (see [`Store::claim`]).
+    pub job_no: i64,
+    pub owner_no: i64,
 }
 
 /// What sluice learned about one API key, kept across restarts.
@@ -438,6 +443,8 @@ impl Dispatchable {
             blind_resends: 0,
             last_error: None,
             sole: true,
+            job_no: 1,
+            owner_no: 1,
         }
     }
 
@@ -530,6 +537,7 @@ impl Store {
             readers,
             writable,
             _lock: lock,
+            run: rand::random::<i64>() & i64::MAX,
         })
     }
 
@@ -575,14 +583,14 @@ impl Store {
     /// `retry.next_attempt_at`. `retry.count_attempt: false` (a 429, an unreachable API)
     /// takes back the attempt that [`Store::mark_in_flight`] counted. `reconcile_from` and
     /// `blind_resends` are written as given. If the job was cancelled meanwhile, the part
-    /// becomes `Cancelled` instead.
+    /// becomes `Cancelled` instead. Returns the part's new state.
     pub async fn schedule_retry(
         &self,
         job: &str,
         seq: u32,
         retry: Retry,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<PartState, StoreError> {
         let job = job.to_owned();
         self.write(move |c| changes::schedule_retry(c, &job, seq, retry, now_ms))
             .await
@@ -599,7 +607,7 @@ impl Store {
         reconcile_from: Option<i64>,
         blind_resends: u32,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<PartState, StoreError> {
         let job = job.to_owned();
         self.write(move |c| {
             changes::postpone(
@@ -662,13 +670,13 @@ impl Store {
     }
 
     /// Cancels the job's `Queued` parts (parts in flight finish, and are not retried).
-    /// Returns how many recipients were cancelled, or `None` if `owner` has no such job.
+    /// Returns the recipients and bytes cancelled, or `None` if `owner` has no such job.
     pub async fn cancel_job(
         &self,
         job: &str,
         owner: &str,
         now_ms: i64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<(u64, u64)>, StoreError> {
         let (job, owner) = (job.to_owned(), owner.to_owned());
         self.write(move |c| changes::cancel_job(c, &job, &owner, now_ms))
             .await
@@ -729,8 +737,54 @@ impl Store {
             .await
     }
 
-    /// Every `Queued` or `InFlight` part, oldest job first: at startup, all that is left
-    /// to send (an `InFlight` part was in flight at a crash and is sent again).
+    /// This start's run number: parts it takes into memory are marked with it.
+    pub fn run(&self) -> i64 {
+        self.run
+    }
+
+    /// Takes at most `limit` of the owner's due parts (`next_attempt_at` unset or not after
+    /// `now_ms`) that this run has not taken yet, oldest due first, and marks them taken. A
+    /// part goes back to being takeable when it is put back in the queue
+    /// ([`Store::schedule_retry`], [`Store::postpone`]); at the next start everything is.
+    /// A part found `InFlight` was in flight when sluice stopped (see
+    /// [`Dispatchable::reconcile_from`]).
+    pub async fn claim(
+        &self,
+        owner_no: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Dispatchable>, StoreError> {
+        let run = self.run;
+        self.write(move |c| changes::claim(c, owner_no, now_ms, run, limit))
+            .await
+    }
+
+    /// When the owner's next part that this run has not taken is due (unix ms, 0 for
+    /// now), if it has one.
+    pub async fn next_due(&self, owner_no: i64) -> Result<Option<i64>, StoreError> {
+        let run = self.run;
+        self.read(move |c| reader::next_due(c, owner_no, run)).await
+    }
+
+    /// The owners (numbers and keys) that have parts still to send.
+    pub async fn open_owners(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        self.read(reader::open_owners).await
+    }
+
+    /// The number of the owner `key` (a [`crate::apikey::KeyId::full`]), if it has jobs.
+    pub async fn owner_no(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |c| reader::owner_no(c, &key)).await
+    }
+
+    /// Recipients and bytes in open parts, for the back-pressure figures at start.
+    pub async fn backlog(&self) -> Result<(u64, u64), StoreError> {
+        self.read(reader::backlog).await
+    }
+
+    /// Every `Queued` or `InFlight` part, oldest job first (an `InFlight` part was in
+    /// flight at a crash and is sent again). Loads them all: for tests and tools; the
+    /// dispatcher pages with [`Store::claim`].
     pub async fn unfinished(&self) -> Result<Vec<Dispatchable>, StoreError> {
         self.read(reader::unfinished).await
     }
