@@ -25,6 +25,9 @@ use crate::retry::Permit;
 use crate::routes::{Route, RouteKind};
 use crate::split;
 
+/// Parts from this size on are scanned off the runtime's worker threads.
+const OFF_RUNTIME: usize = 1024 * 1024;
+
 /// One answered attempt, as the outcome handlers need it.
 pub(super) struct Attempt {
     pub part: Dispatchable,
@@ -305,7 +308,16 @@ impl Inner {
             .store
             .part_body(&part.job_id, part.bytes.clone())
             .await?;
-        let layout = match split::scan(&body, &route.recipients_pointer, |_, _| {}) {
+        // A large part is scanned off the runtime's worker threads.
+        let scanned = if body.len() >= OFF_RUNTIME {
+            let (body, pointer) = (body.clone(), route.recipients_pointer.clone());
+            tokio::task::spawn_blocking(move || split::scan(&body, &pointer, |_, _| {}))
+                .await
+                .unwrap_or(Err(split::SplitError::NotAnObject))
+        } else {
+            split::scan(&body, &route.recipients_pointer, |_, _| {})
+        };
+        let layout = match scanned {
             Ok(layout) if layout.items.len() as u64 == n => layout,
             Ok(_) | Err(_) => {
                 let why =
