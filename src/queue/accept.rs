@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::answer;
-use super::dispatch::{now_ms, Watch};
+use super::dispatcher::Watch;
 use super::idempotency::{self, IdempotencyError};
 use super::prefer::{self, Preference};
 use super::store::{
@@ -39,6 +39,7 @@ use super::store::{
 use super::{plan, Queue, QueueInner};
 use crate::apikey::{self, KeyId};
 use crate::body;
+use crate::clock::now_ms;
 use crate::error::ProxyError;
 use crate::proxy::strip_hop_by_hop;
 use crate::request_id::RouteName;

@@ -24,12 +24,12 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::dispatch::now_ms;
 use super::store::{JobRecord, JobState};
 use super::view::JobView;
 use super::Queue;
 use crate::api::{self, text, Envelope};
 use crate::apikey;
+use crate::clock::now_ms;
 use crate::request_id::RouteName;
 
 /// The list's query parameters, as sent (each is checked by [`list`]).

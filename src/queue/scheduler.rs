@@ -8,7 +8,9 @@
 //! again (`settle`), after which the scheduler is woken ([`Wake`]) and takes it in again
 //! when that time comes. An owner whose key is cooling down after a 429 is not taken from
 //! (unless the API reported room), so its backlog waits on disk, not in memory, and never
-//! crowds other owners out: each owner has its own allowance.
+//! crowds other owners out: each owner has its own allowance. An owner's bulk parts go one
+//! at a time and in order (each learns from the answer to the one before), its single
+//! sends up to `per_key` at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -18,18 +20,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::dispatch::{now_ms, Inner};
+use super::shared::{Core, Wake};
 use super::store::Dispatchable;
 use crate::apikey::KeyId;
+use crate::clock::now_ms;
+use crate::routes::RouteKind;
 
 /// Parts taken from the store per claim at most.
 const BATCH: usize = 256;
-
-/// News for the scheduler.
-pub(super) enum Wake {
-    /// The owner (a [`KeyId::full`]) has parts due at `at` (unix ms; 0 for now).
-    Due { owner: String, at: i64 },
-}
 
 /// How much of an owner the scheduler keeps in memory.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +46,10 @@ struct Owner {
     held: usize,
     active: usize,
     parked: VecDeque<Dispatchable>,
+    /// Bulk parts go one at a time, in order (each learns from the answer to the one
+    /// before: a 429's room and maxAllowed), so the others wait here.
+    bulk_active: bool,
+    bulk_parked: VecDeque<Dispatchable>,
     /// When its next part in the store is due (unix ms); `None`: nothing there.
     due: Option<i64>,
 }
@@ -55,24 +57,25 @@ struct Owner {
 /// Tells the scheduler that a part's turn ended, however it ended (a panic included).
 struct Done {
     owner: i64,
-    tx: mpsc::UnboundedSender<i64>,
+    bulk: bool,
+    tx: mpsc::UnboundedSender<(i64, bool)>,
 }
 
 impl Drop for Done {
     fn drop(&mut self) {
-        let _ = self.tx.send(self.owner);
+        let _ = self.tx.send((self.owner, self.bulk));
     }
 }
 
 /// The scheduler loop; ends when the queue shuts down.
 pub(super) async fn schedule(
-    inner: Arc<Inner>,
+    inner: Arc<Core>,
     mut wakes: mpsc::UnboundedReceiver<Wake>,
     allowance: Allowance,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<i64>();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(i64, bool)>();
     let mut owners: HashMap<i64, Owner> = HashMap::new();
     let mut numbers: HashMap<String, i64> = HashMap::new();
     match inner.store.open_owners().await {
@@ -86,7 +89,9 @@ pub(super) async fn schedule(
             tracing::error!(error = %e, "cannot list the owners with work; they are found as they are woken")
         }
     }
-    let spawn = |part: Dispatchable| start(&inner, part, &done_tx, &tasks, &shutdown);
+    let spawn = |part: Dispatchable, bulk: bool| {
+        start(&inner, part, bulk, &done_tx, &tasks, &shutdown);
+    };
     loop {
         let now = now_ms();
         let mut next: Option<i64> = None;
@@ -97,6 +102,10 @@ pub(super) async fn schedule(
             }
         }
         owners.retain(|_, o| o.held > 0 || o.due.is_some());
+        let held: usize = owners.values().map(|o| o.held).sum();
+        inner
+            .in_memory
+            .store(held, std::sync::atomic::Ordering::Relaxed);
         numbers.retain(|_, no| owners.contains_key(no));
         let sleep = next.map(|at| Duration::from_millis((at - now_ms()).max(0) as u64));
         tokio::select! {
@@ -114,14 +123,9 @@ pub(super) async fn schedule(
                 }
                 None => return,
             },
-            Some(no) = done_rx.recv() => {
+            Some((no, bulk)) = done_rx.recv() => {
                 if let Some(owner) = owners.get_mut(&no) {
-                    owner.held = owner.held.saturating_sub(1);
-                    owner.active = owner.active.saturating_sub(1);
-                    if let Some(part) = owner.parked.pop_front() {
-                        owner.active += 1;
-                        spawn(part);
-                    }
+                    owner.ended(bulk, &spawn);
                 }
             }
             () = tokio::time::sleep(sleep.unwrap_or_default()), if sleep.is_some() => {}
@@ -134,14 +138,16 @@ pub(super) async fn schedule(
 /// worker stops wherever it waits: every step it takes is committed before the next, so
 /// the part is found where it was at the next start (one in flight is looked up first).
 fn start(
-    inner: &Arc<Inner>,
+    inner: &Arc<Core>,
     part: Dispatchable,
-    done: &mpsc::UnboundedSender<i64>,
+    bulk: bool,
+    done: &mpsc::UnboundedSender<(i64, bool)>,
     tasks: &TaskTracker,
     shutdown: &CancellationToken,
 ) {
     let guard = Done {
         owner: part.owner_no,
+        bulk,
         tx: done.clone(),
     };
     let inner = inner.clone();
@@ -165,12 +171,14 @@ impl Owner {
             held: 0,
             active: 0,
             parked: VecDeque::new(),
+            bulk_active: false,
+            bulk_parked: VecDeque::new(),
             due,
         }
     }
 
     /// The owner's key is cooling down with no room to use: nothing to take now.
-    fn cooling(&self, inner: &Inner) -> Option<Duration> {
+    fn cooling(&self, inner: &Core) -> Option<Duration> {
         let key = self.key.as_ref()?;
         let left = inner.keys.cooldowns.remaining(key)?;
         (!inner.keys.has_room(key)).then_some(left)
@@ -179,10 +187,10 @@ impl Owner {
     /// Takes in the owner's due parts, up to its allowance, and starts what may start.
     async fn take_in(
         &mut self,
-        inner: &Inner,
+        inner: &Core,
         now: i64,
         allowance: Allowance,
-        spawn: &impl Fn(Dispatchable),
+        spawn: &impl Fn(Dispatchable, bool),
     ) {
         // Taken in batches: only once half the allowance is free (or nothing is held).
         while self.due.is_some_and(|d| d <= now)
@@ -209,13 +217,16 @@ impl Owner {
             }
             self.held += got;
             for part in parts {
-                if self.active < allowance.per_key {
+                if inner.route(&part.route).kind == RouteKind::Bulk {
+                    self.bulk_parked.push_back(part);
+                } else if self.active < allowance.per_key {
                     self.active += 1;
-                    spawn(part);
+                    spawn(part, false);
                 } else {
                     self.parked.push_back(part);
                 }
             }
+            self.next_bulk(spawn);
             if got < want {
                 self.due = match inner.store.next_due(self.no).await {
                     Ok(due) => due,
@@ -225,9 +236,34 @@ impl Owner {
         }
     }
 
+    /// A part's turn ended: the next waiting one of its kind takes its place.
+    fn ended(&mut self, bulk: bool, spawn: &impl Fn(Dispatchable, bool)) {
+        self.held = self.held.saturating_sub(1);
+        if bulk {
+            self.bulk_active = false;
+            self.next_bulk(spawn);
+        } else {
+            self.active = self.active.saturating_sub(1);
+            if let Some(part) = self.parked.pop_front() {
+                self.active += 1;
+                spawn(part, false);
+            }
+        }
+    }
+
+    /// Starts the next bulk part, in order, if none is being worked on.
+    fn next_bulk(&mut self, spawn: &impl Fn(Dispatchable, bool)) {
+        if !self.bulk_active {
+            if let Some(part) = self.bulk_parked.pop_front() {
+                self.bulk_active = true;
+                spawn(part, true);
+            }
+        }
+    }
+
     /// When the scheduler should look at this owner again on its own (news wakes it
     /// sooner); `None`: only news will.
-    fn wake_at(&self, inner: &Inner, now: i64, allowance: Allowance) -> Option<i64> {
+    fn wake_at(&self, inner: &Core, now: i64, allowance: Allowance) -> Option<i64> {
         if self.held > 0 && self.held > allowance.hold / 2 {
             return None;
         }

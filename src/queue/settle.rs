@@ -15,11 +15,12 @@
 
 use std::time::Duration;
 
-use super::dispatch::{now_ms, Inner};
 use super::plan::{self, Cut};
 use super::policy::Exhausted;
+use super::shared::Core;
 use super::store::{Dispatchable, NewPart, PartState, Retry, StoreError, StoredResponse};
 use crate::apikey::KeyId;
+use crate::clock::now_ms;
 use crate::keystate::Stored;
 use crate::retry::Permit;
 use crate::routes::{Route, RouteKind};
@@ -43,9 +44,9 @@ pub(super) struct Attempt {
     pub sent_at: i64,
 }
 
-// === impl Inner ===
+// === impl Core ===
 
-impl Inner {
+impl Core {
     pub(super) async fn on_success(&self, a: Attempt) -> Result<(), StoreError> {
         if let Some(p) = a.permit {
             p.succeeded();
@@ -118,14 +119,12 @@ impl Inner {
         // The key's probe role (if this held it) passes to the next part: nothing was
         // learned about the key.
         drop(a.permit);
-        let mut part = a.part;
+        // Not counted, and not given up here even past max_age: the next turn does that
+        // (after the probe's wait), with this attempt taken back.
+        let part = a.part;
         let error = a
             .error
             .unwrap_or_else(|| "the API could not be reached".into());
-        if let Some(why @ Exhausted::Age(_)) = self.exhausted_after(&part) {
-            part.last_error = Some(error);
-            return self.give_up(&part, why, None).await;
-        }
         self.metrics.retries.with_label_values(&["connect"]).inc();
         let wait = self.upstream.breaker().remaining().unwrap_or_default();
         self.metrics.observe_wait("outage", wait);
