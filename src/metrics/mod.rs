@@ -155,7 +155,7 @@ impl Metrics {
                 let g = prometheus::GaugeVec::new(
                     Opts::new(
                         "sluice_cooldown_remaining_seconds",
-                        "Seconds until requests for an API key may go again after a 429 (no series for a key that is not cooling down).",
+                        "Seconds until requests for an API key may go again after a 429; 0 once over, for every key that met a 429 and is not yet forgotten (queue.key_idle_secs).",
                     ),
                     &["key"],
                 )
