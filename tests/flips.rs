@@ -116,4 +116,3 @@ async fn capacity_flips_cost_a_cooldown_each_not_a_minute() {
     // and one probe per hint (1 s) while it lasts (3 s): two full periods in 12 s.
     assert!(stats.rate_limited <= 2 * (16 + 4), "{stats:?}");
 }
-
