@@ -55,6 +55,7 @@ use bytes::Bytes;
 mod changes;
 mod housekeeping;
 mod idempotency;
+pub mod pg;
 mod reader;
 mod rows;
 mod schema;
@@ -90,6 +91,8 @@ pub struct Store {
 enum Backend {
     /// One SQLite file in the data dir (the default).
     Sqlite(Sqlite),
+    /// A PostgreSQL database shared by many instances.
+    Postgres(Box<pg::Postgres>),
 }
 
 /// Why a store operation failed.
@@ -125,6 +128,9 @@ pub enum StoreError {
     /// while waiting to be sent). Nothing was changed.
     #[error("the part is {0:?}, which this change does not apply to")]
     WrongState(PartState),
+    /// PostgreSQL refused a statement or could not be reached.
+    #[error("job store (PostgreSQL): {0}")]
+    Database(String),
     /// The request itself is malformed (parts that overlap, a split that does not cover
     /// the part, a range outside the body...). Holds the reason.
     #[error("invalid job store request: {0}")]
@@ -500,11 +506,28 @@ impl Store {
         })
     }
 
+    /// Opens the PostgreSQL store (see [`pg`]): for many instances sharing one queue.
+    pub async fn open_postgres(options: &pg::PgOptions) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Postgres(Box::new(pg::Postgres::open(options).await?)),
+        })
+    }
+
+    /// The PostgreSQL store, when this is one: what only a cluster needs (leases, the
+    /// cluster probe of a key, notifications).
+    pub fn cluster(&self) -> Option<&pg::Postgres> {
+        match &self.backend {
+            Backend::Postgres(p) => Some(p),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// The SQLite backend, for tests that reach below the store's API.
     #[cfg(test)]
     pub(crate) fn sqlite(&self) -> &Sqlite {
         match &self.backend {
             Backend::Sqlite(s) => s,
+            Backend::Postgres(_) => panic!("not a SQLite store"),
         }
     }
 
@@ -515,6 +538,7 @@ impl Store {
     pub async fn insert_job(&self, job: NewJob) -> Result<Inserted, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.insert_job(job).await,
+            Backend::Postgres(p) => p.insert_job(job).await,
         }
     }
 
@@ -528,6 +552,7 @@ impl Store {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.idempotent_job(owner, key, not_before).await,
+            Backend::Postgres(p) => p.idempotent_job(owner, key, not_before).await,
         }
     }
 
@@ -536,6 +561,7 @@ impl Store {
     pub async fn purge_idempotency(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.purge_idempotency(before, limit).await,
+            Backend::Postgres(p) => p.purge_idempotency(before, limit).await,
         }
     }
 
@@ -546,6 +572,7 @@ impl Store {
     pub async fn mark_in_flight(&self, job: &str, seq: u32, now_ms: i64) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.mark_in_flight(job, seq, now_ms).await,
+            Backend::Postgres(p) => p.mark_in_flight(job, seq, now_ms).await,
         }
     }
 
@@ -563,6 +590,7 @@ impl Store {
     ) -> Result<PartState, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.schedule_retry(job, seq, retry, now_ms).await,
+            Backend::Postgres(p) => p.schedule_retry(job, seq, retry, now_ms).await,
         }
     }
 
@@ -590,6 +618,17 @@ impl Store {
                 )
                 .await
             }
+            Backend::Postgres(p) => {
+                p.postpone(
+                    job,
+                    seq,
+                    next_attempt_at,
+                    reconcile_from,
+                    blind_resends,
+                    now_ms,
+                )
+                .await
+            }
         }
     }
 
@@ -605,6 +644,10 @@ impl Store {
         match &self.backend {
             Backend::Sqlite(s) => {
                 s.note_reconcile(job, seq, reconcile_from, blind_resends)
+                    .await
+            }
+            Backend::Postgres(p) => {
+                p.note_reconcile(job, seq, reconcile_from, blind_resends)
                     .await
             }
         }
@@ -626,6 +669,10 @@ impl Store {
                 s.finish_part(job, seq, state, response, last_error, now_ms)
                     .await
             }
+            Backend::Postgres(p) => {
+                p.finish_part(job, seq, state, response, last_error, now_ms)
+                    .await
+            }
         }
     }
 
@@ -642,6 +689,7 @@ impl Store {
     ) -> Result<Vec<u32>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.split_part(job, seq, into, now_ms).await,
+            Backend::Postgres(p) => p.split_part(job, seq, into, now_ms).await,
         }
     }
 
@@ -655,6 +703,7 @@ impl Store {
     ) -> Result<Option<(u64, u64)>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.cancel_job(job, owner, now_ms).await,
+            Backend::Postgres(p) => p.cancel_job(job, owner, now_ms).await,
         }
     }
 
@@ -672,6 +721,7 @@ impl Store {
     ) -> Result<Option<Vec<u32>>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.retry_failed(job, owner, api_key, now_ms).await,
+            Backend::Postgres(p) => p.retry_failed(job, owner, api_key, now_ms).await,
         }
     }
 
@@ -680,6 +730,7 @@ impl Store {
     pub async fn purge_finished(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.purge_finished(before, limit).await,
+            Backend::Postgres(p) => p.purge_finished(before, limit).await,
         }
     }
 
@@ -687,6 +738,7 @@ impl Store {
     pub async fn save_key(&self, record: KeyRecord) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.save_key(record).await,
+            Backend::Postgres(p) => p.save_key(record).await,
         }
     }
 
@@ -694,6 +746,7 @@ impl Store {
     pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.keys().await,
+            Backend::Postgres(p) => p.keys().await,
         }
     }
 
@@ -701,6 +754,7 @@ impl Store {
     pub async fn job(&self, id: &str, owner: &str) -> Result<Option<JobRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.job(id, owner).await,
+            Backend::Postgres(p) => p.job(id, owner).await,
         }
     }
 
@@ -716,6 +770,7 @@ impl Store {
     ) -> Result<Vec<JobRecord>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.list_jobs(owner, state, limit, before).await,
+            Backend::Postgres(p) => p.list_jobs(owner, state, limit, before).await,
         }
     }
 
@@ -723,6 +778,7 @@ impl Store {
     pub fn run(&self) -> i64 {
         match &self.backend {
             Backend::Sqlite(s) => s.run(),
+            Backend::Postgres(p) => p.run(),
         }
     }
 
@@ -740,6 +796,7 @@ impl Store {
     ) -> Result<Vec<Dispatchable>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.claim(owner_no, now_ms, limit).await,
+            Backend::Postgres(p) => p.claim(owner_no, now_ms, limit).await,
         }
     }
 
@@ -748,6 +805,7 @@ impl Store {
     pub async fn next_due(&self, owner_no: i64) -> Result<Option<i64>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.next_due(owner_no).await,
+            Backend::Postgres(p) => p.next_due(owner_no, crate::clock::now_ms()).await,
         }
     }
 
@@ -755,6 +813,7 @@ impl Store {
     pub async fn open_owners(&self) -> Result<Vec<(i64, String)>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.open_owners().await,
+            Backend::Postgres(p) => p.open_owners().await,
         }
     }
 
@@ -762,6 +821,7 @@ impl Store {
     pub async fn owner_no(&self, key: &str) -> Result<Option<i64>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.owner_no(key).await,
+            Backend::Postgres(p) => p.owner_no(key).await,
         }
     }
 
@@ -769,6 +829,7 @@ impl Store {
     pub async fn backlog(&self) -> Result<(u64, u64), StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.backlog().await,
+            Backend::Postgres(p) => p.backlog().await,
         }
     }
 
@@ -778,6 +839,7 @@ impl Store {
     pub async fn unfinished(&self) -> Result<Vec<Dispatchable>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.unfinished().await,
+            Backend::Postgres(p) => p.unfinished().await,
         }
     }
 
@@ -790,6 +852,7 @@ impl Store {
     ) -> Result<Vec<Dispatchable>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.dispatchable(job, seqs).await,
+            Backend::Postgres(p) => p.dispatchable(job, seqs).await,
         }
     }
 
@@ -800,6 +863,7 @@ impl Store {
     pub async fn part_body(&self, job: &str, bytes: Range<u64>) -> Result<Bytes, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.part_body(job, bytes).await,
+            Backend::Postgres(p) => p.part_body(job, bytes).await,
         }
     }
 
@@ -808,6 +872,7 @@ impl Store {
     pub async fn stats(&self, now_ms: i64) -> Result<StoreStats, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.stats(now_ms).await,
+            Backend::Postgres(p) => p.stats(now_ms).await,
         }
     }
 
@@ -817,6 +882,7 @@ impl Store {
     pub fn is_writable(&self) -> bool {
         match &self.backend {
             Backend::Sqlite(s) => s.is_writable(),
+            Backend::Postgres(p) => p.is_writable(),
         }
     }
 }
