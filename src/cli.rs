@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// Directory for durable state (server.data_dir).
     #[arg(long, env = "SLUICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL: the job store shared by a cluster of instances (store.url).
+    #[arg(long, env = "SLUICE_STORE_URL", hide_env_values = true)]
+    pub store_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -178,6 +181,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.data_dir {
             config.server.data_dir = v.clone();
+        }
+        if let Some(v) = &self.store_url {
+            config.store.url = v.clone();
         }
     }
 }

@@ -23,6 +23,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub retry: RetryConfig,
     pub queue: QueueConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
     /// Send routes; requests matching none pass through. Absent: the two default send
     /// routes; `routes = []`: none (sluice is then a pure pass-through proxy).
@@ -69,6 +70,21 @@ pub struct QueueConfig {
     /// How long a client's `Idempotency-Key` on a send keeps naming the job it made: a
     /// repeat within this time is answered from that job instead of making another.
     pub idempotency_ttl_secs: u64,
+}
+
+/// `[store]`: where jobs are kept: the embedded SQLite file in `server.data_dir` (the
+/// default), or a PostgreSQL database shared by many instances.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `postgres://user:password@host:port/database?sslmode=require`: the shared store of
+    /// a cluster of instances. Empty: SQLite in `server.data_dir`.
+    pub url: String,
+    /// Most connections to the database (at least 2).
+    pub pool_size: usize,
+    /// How long a part taken by an instance stays its own without being renewed; a killed
+    /// instance's parts are taken by the others after this.
+    pub lease_secs: u64,
 }
 
 /// `[server]`: the listeners and what the proxy accepts from clients.
@@ -299,6 +315,17 @@ impl Config {
                 )
             }
         }
+        let store = &self.store.url;
+        let postgres = store.starts_with("postgres://") || store.starts_with("postgresql://");
+        if !(store.is_empty() || postgres) {
+            return invalid(
+                "store.url",
+                "must be empty (SQLite in server.data_dir) or a postgres:// URL",
+            );
+        }
+        if self.store.lease_secs == 0 {
+            return invalid("store.lease_secs", "must be greater than 0");
+        }
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be greater than 0");
         }
@@ -430,6 +457,31 @@ impl Default for QueueConfig {
             retention_secs: 7 * 86_400,
             idempotency_ttl_secs: 86_400,
         }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: 16,
+            lease_secs: 30,
+        }
+    }
+}
+
+/// The URL may hold a password: shown without it.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match self.url.split_once('@') {
+            Some((_, host)) => format!("postgres://…@{host}"),
+            None => self.url.clone(),
+        };
+        f.debug_struct("StoreConfig")
+            .field("url", &url)
+            .field("pool_size", &self.pool_size)
+            .field("lease_secs", &self.lease_secs)
+            .finish()
     }
 }
 

@@ -206,8 +206,12 @@ impl KeyState {
         }
         if let Some(until) = learned.cooling_until.filter(|&u| u > now_ms) {
             let left = Duration::from_millis((until - now_ms) as u64);
+            if let Some(recipients) = learned.available {
+                let until = Instant::now() + left;
+                self.room.insert(id, Room { recipients, until });
+            }
             self.cooldowns.on_rate_limited(&id, left);
-            tracing::info!(key = %id, wait_ms = left.as_millis() as u64, "key still cooling down from before the restart");
+            tracing::info!(key = %id, wait_ms = left.as_millis() as u64, "key cooling down (learned before a restart, or by another instance)");
         }
     }
 

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 mod process;
+pub mod store;
 
 use crate::retry::Outcome;
 use process::Process;
@@ -63,6 +64,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub idempotent_replays: IntCounterVec,
     pub lenient_content_type: IntCounterVec,
+    pub store: store::StoreMetrics,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -336,6 +338,7 @@ impl Metrics {
                 "Sends and template creations accepted with a JSON body under a Content-Type that is not JSON but names no other format either (application/x-www-form-urlencoded, text/plain…), as the API accepts them; by route.",
                 &["route"],
             ),
+            store: store::StoreMetrics::register(&registry),
             process: Process::register(&registry),
             build_info: {
                 let g = gauge_vec(

@@ -103,11 +103,16 @@ impl Core {
         }
         // During a cooldown, a send that fits in the room the API's last 429 reported goes
         // at once (the API said it would take it); the rest wait for the cooldown's probe.
-        let permit = if self.keys.take_room(&key_id, n) {
-            None
-        } else {
+        let permit = loop {
+            if self.take_room(&key_id, n).await {
+                break None;
+            }
             let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);
-            Some(self.keys.cooldowns.acquire(&key_id).await)
+            let permit = self.keys.cooldowns.acquire(&key_id).await;
+            // In a cluster, one instance probes a key whose cooldown ended.
+            if let Some(permit) = self.cluster_probe(permit, &key_id).await {
+                break Some(permit);
+            }
         };
         // A 429 seen while this part waited may have taught a smaller maxAllowed.
         if let Some(max) = too_big() {

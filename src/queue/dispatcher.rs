@@ -79,11 +79,13 @@ impl Dispatcher {
             waiters: DashMap::new(),
             in_memory: std::sync::atomic::AtomicUsize::new(0),
             backlog: Backlog::default(),
+            deferred: DashMap::new(),
         });
         let allowance = Allowance {
             per_key: inner.settings.concurrency,
             hold: inner.settings.concurrency * 2,
         };
+        tasks.spawn(super::cluster::run(inner.clone(), shutdown.clone()));
         tasks.spawn(schedule(
             inner.clone(),
             rx,

@@ -15,6 +15,7 @@
 
 pub mod accept;
 mod answer;
+mod cluster;
 mod dispatch;
 pub mod dispatcher;
 pub mod idempotency;
@@ -102,10 +103,21 @@ impl Queue {
             stop: shutdown,
             tasks,
         } = background;
-        let store = Arc::new(Store::open(
-            &config.server.data_dir,
-            config.queue.synchronous,
-        )?);
+        let store = Arc::new(if config.store.url.is_empty() {
+            Store::open(&config.server.data_dir, config.queue.synchronous)?
+        } else {
+            let options = store::pg::PgOptions {
+                url: config.store.url.clone(),
+                pool_size: config.store.pool_size,
+                lease: Duration::from_secs(config.store.lease_secs),
+            };
+            let store = Store::open_postgres(&options).await?;
+            tracing::info!(
+                instance = store.run(),
+                "job store: PostgreSQL, shared with the other instances"
+            );
+            store
+        });
         let routes = config.routes();
         let q = &config.queue;
         let dispatcher = Dispatcher::start(
@@ -124,6 +136,7 @@ impl Queue {
                 reconcile_delay: Duration::from_millis(q.reconcile_delay_ms),
                 clock_skew: Duration::from_millis(q.reconcile_clock_skew_ms),
                 health,
+                lease: Duration::from_secs(config.store.lease_secs),
             },
             shutdown.clone(),
             tasks.clone(),
@@ -227,6 +240,16 @@ impl Queue {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read queue statistics"),
         }
+        if let Some(c) = self.inner.store.cluster() {
+            let (open, idle) = c.pool_use();
+            let pool = &m.store.pool_connections;
+            pool.with_label_values(&["open"]).set(open as i64);
+            pool.with_label_values(&["idle"]).set(idle as i64);
+            let counted = m.store.lease_takeovers.get();
+            m.store
+                .lease_takeovers
+                .inc_by(c.takeovers().saturating_sub(counted));
+        }
     }
 }
 
@@ -325,7 +348,7 @@ pub(super) fn key_record(id: KeyId, l: Learned, now: i64) -> KeyRecord {
     }
 }
 
-fn learned(r: KeyRecord) -> Learned {
+pub(super) fn learned(r: KeyRecord) -> Learned {
     Learned {
         cooling_until: r.cooling_until,
         max_allowed: r.max_allowed,

@@ -198,7 +198,14 @@ impl Owner {
             && self.cooling(inner).is_none()
         {
             let want = (allowance.hold - self.held).min(BATCH);
-            let parts = match inner.store.claim(self.no, now, want as u32).await {
+            let claiming = tokio::time::Instant::now();
+            let claimed = inner.store.claim(self.no, now, want as u32).await;
+            inner
+                .metrics
+                .store
+                .claim_duration
+                .observe(claiming.elapsed().as_secs_f64());
+            let parts = match claimed {
                 Ok(parts) => parts,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot take parts from the store; trying again in 1 s");

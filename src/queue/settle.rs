@@ -48,18 +48,14 @@ pub(super) struct Attempt {
 
 impl Core {
     pub(super) async fn on_success(&self, a: Attempt) -> Result<(), StoreError> {
-        if let Some(p) = a.permit {
-            p.succeeded();
-        }
+        self.permit_succeeded(a.permit, &a.key).await;
         self.finish(&a.part, PartState::Succeeded, a.stored, None)
             .await
     }
 
     /// A final answer (4xx other than 429): a dead letter, the answer kept.
     pub(super) async fn on_final(&self, a: Attempt) -> Result<(), StoreError> {
-        if let Some(p) = a.permit {
-            p.succeeded();
-        }
+        self.permit_succeeded(a.permit, &a.key).await;
         self.finish(&a.part, PartState::Failed, a.stored, a.error)
             .await
     }
@@ -158,9 +154,7 @@ impl Core {
 
     /// 5xx: back off and retry, or give up for good.
     pub(super) async fn on_transient(&self, a: Attempt) -> Result<(), StoreError> {
-        if let Some(p) = a.permit {
-            p.succeeded();
-        }
+        self.permit_succeeded(a.permit, &a.key).await;
         let status = a.stored.as_ref().map(|s| s.status.as_u16());
         let why = a
             .error

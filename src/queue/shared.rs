@@ -43,6 +43,8 @@ pub struct DispatchSettings {
     pub clock_skew: Duration,
     /// Told whether each attempt reached the API (for `/readyz`).
     pub health: Arc<Health>,
+    /// With a shared store: how long a lease (and a cluster probe) lasts.
+    pub lease: Duration,
 }
 
 /// Recipients and bytes accepted and not yet final: the back-pressure figures.
@@ -67,6 +69,9 @@ pub(super) struct Core {
     pub(super) backlog: Backlog,
     pub(super) requests: Option<DefaultKeyedRateLimiter<KeyId>>,
     pub(super) recipients: Option<(DefaultKeyedRateLimiter<KeyId>, u32)>,
+    /// Keys whose cooldown is over but whose cluster probe another instance sends: their
+    /// gate opens when its result is heard (see `cluster`).
+    pub(super) deferred: DashMap<KeyId, ()>,
 }
 
 // === impl Core ===
@@ -80,6 +85,12 @@ impl Core {
             owner: owner.to_string(),
             at,
         });
+    }
+
+    /// Sets the back-pressure figures (to the cluster's, read from the shared store).
+    pub(super) fn set_backlog(&self, recipients: u64, bytes: u64) {
+        self.backlog.recipients.store(recipients, Ordering::Relaxed);
+        self.backlog.bytes.store(bytes, Ordering::Relaxed);
     }
 
     pub(super) fn remove_backlog(&self, recipients: u64, bytes: u64) {

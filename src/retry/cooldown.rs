@@ -159,6 +159,26 @@ impl<K: Eq + Hash + Clone> Cooldowns<K> {
         self.gate(key).cool_for(wait);
     }
 
+    /// Sets `key`'s gate, whatever its phase, to what another instance of a cluster
+    /// learned: open (`None`: its probe was not refused), or cooling down for exactly
+    /// `wait` (a cooldown may be shortened here). A probe in flight here still reports;
+    /// its report no longer changes anything.
+    pub fn reset(&self, key: &K, wait: Option<Duration>) {
+        let gate = self.gate(key);
+        let now = Instant::now();
+        let next = match wait {
+            None => Phase::Open,
+            Some(wait) => Phase::Cooling {
+                until: now.checked_add(wait).unwrap_or(now + FAR_FUTURE),
+            },
+        };
+        gate.phase.send_if_modified(|phase| {
+            let changed = *phase != next;
+            *phase = next;
+            changed
+        });
+    }
+
     /// The time left in `key`'s cooldown; `None` when it is not cooling down.
     pub fn remaining(&self, key: &K) -> Option<Duration> {
         let gate = self.gates.get(key)?;

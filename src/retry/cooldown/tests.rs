@@ -305,3 +305,24 @@ async fn racing_threads_get_one_probe_and_no_lost_wake_ups() {
         assert_eq!(probes, 1, "round {round}");
     }
 }
+
+/// What another instance learned replaces the wait at once: a shorter cooldown than the
+/// one set here, then the gate opened, with no moment open in between.
+#[tokio::test(start_paused = true)]
+async fn reset_sets_the_cooldown_or_opens_the_gate() {
+    let start = Instant::now();
+    let cooldowns = cooling(KEY, secs(30));
+    let mut passed = spawn_waiters(&cooldowns, KEY, 5);
+    run_until(start + secs(1)).await;
+
+    cooldowns.reset(&KEY, Some(secs(2)));
+    assert_eq!(cooldowns.remaining(&KEY), Some(secs(2)), "shortened");
+    run_until(start + secs(3) - ms(1)).await;
+    assert!(drain(&mut passed).is_empty(), "still cooling down");
+
+    cooldowns.reset(&KEY, None);
+    let opened = Instant::now();
+    run_until(opened + ms(1)).await;
+    assert_all_pass_at_once(&drain(&mut passed), 5, opened);
+    assert_eq!(cooldowns.remaining(&KEY), None);
+}

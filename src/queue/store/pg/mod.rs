@@ -20,6 +20,7 @@
 //! Writes run on pooled connections (deadpool), each in its own transaction; TLS to the
 //! database is rustls with the webpki roots (`sslmode=require`, or `prefer`: the default).
 
+mod cluster;
 mod reads;
 mod schema;
 mod writes;
@@ -66,6 +67,13 @@ pub enum Notice {
     Job(String),
     /// This owner (a `KeyId::full`) has new work.
     Work(String),
+}
+
+/// A [`Notice`] and when it was sent (unix ms, the database's clock; 0 if unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    pub notice: Notice,
+    pub sent_at: i64,
 }
 
 /// Settings of the PostgreSQL store.
@@ -173,23 +181,9 @@ impl Postgres {
         ok
     }
 
-    /// Extends the lease of every part this instance holds.
-    pub async fn renew_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let c = self.client().await?;
-        let n = c
-            .execute(
-                "UPDATE parts SET lease_until = $2 WHERE lease_owner = $1
-                   AND state IN ('queued', 'in_flight')",
-                &[&self.instance, &(now_ms + self.lease_ms)],
-            )
-            .await
-            .map_err(pg_error);
-        self.note(n)
-    }
-
     /// Listens for [`Notice`]s on a connection of its own, reconnecting when it drops,
     /// until the receiver is dropped.
-    pub fn listen(&self) -> mpsc::UnboundedReceiver<Notice> {
+    pub fn listen(&self) -> mpsc::UnboundedReceiver<Heard> {
         let (tx, rx) = mpsc::unbounded_channel();
         let (config, tls) = (self.config.clone(), self.tls.clone());
         tokio::spawn(async move {
@@ -208,7 +202,7 @@ impl Postgres {
 async fn listen_once(
     config: &tokio_postgres::Config,
     tls: &Tls,
-    tx: &mpsc::UnboundedSender<Notice>,
+    tx: &mpsc::UnboundedSender<Heard>,
 ) -> Result<(), tokio_postgres::Error> {
     match tls {
         Tls::None => {
@@ -225,7 +219,7 @@ async fn listen_once(
 async fn drive<S, T>(
     client: tokio_postgres::Client,
     mut connection: tokio_postgres::Connection<S, T>,
-    tx: &mpsc::UnboundedSender<Notice>,
+    tx: &mpsc::UnboundedSender<Heard>,
 ) -> Result<(), tokio_postgres::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -243,13 +237,16 @@ where
             }
             message = std::future::poll_fn(|cx| connection.poll_message(cx)) => match message {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    let payload = n.payload().to_string();
+                    let (sent_at, payload) = match n.payload().split_once(':') {
+                        Some((at, rest)) => (at.parse().unwrap_or(0), rest.to_string()),
+                        None => (0, n.payload().to_string()),
+                    };
                     let notice = match n.channel() {
                         "sluice_keys" => Notice::Key(payload),
                         "sluice_jobs" => Notice::Job(payload),
                         _ => Notice::Work(payload),
                     };
-                    if tx.send(notice).is_err() {
+                    if tx.send(Heard { notice, sent_at }).is_err() {
                         return Ok(());
                     }
                 }

@@ -34,7 +34,7 @@ const PART: &str = "seq, item_start, item_end, byte_start, byte_end, state, atte
 // === impl Postgres ===
 
 impl Postgres {
-    async fn read<T>(
+    pub(super) async fn read<T>(
         &self,
         work: impl for<'c> FnOnce(
             &'c tokio_postgres::Client,
@@ -508,7 +508,7 @@ fn part_record(row: &Row) -> Result<PartRecord, StoreError> {
     })
 }
 
-fn key_record(row: &Row) -> Result<KeyRecord, StoreError> {
+pub(super) fn key_record(row: &Row) -> Result<KeyRecord, StoreError> {
     let last_429 = match row.get::<_, Option<i64>>(5) {
         Some(status) => Some(StoredResponse {
             status: status as u16,

@@ -4,14 +4,14 @@
 
 use tokio_postgres::Transaction;
 
-use super::reads::{dispatchable, part_state, DISPATCH};
+use super::reads::part_state;
 use super::{pg_error, Postgres};
 use crate::queue::store::changes::{check_new_job, check_split};
 use crate::queue::store::housekeeping::{deltas, is_final, part_counts, FINAL};
 use crate::queue::store::rows::encode_headers;
 use crate::queue::store::{
-    derive_state, Dispatchable, IdempotencyRecord, Inserted, JobState, KeyRecord, NewJob, NewPart,
-    PartCounts, PartState, Retry, StoreError, StoredResponse,
+    derive_state, IdempotencyRecord, Inserted, JobState, KeyRecord, NewJob, NewPart, PartCounts,
+    PartState, Retry, StoreError, StoredResponse,
 };
 
 /// The job row, as the changes need it (locked).
@@ -36,13 +36,13 @@ struct PartRow {
     last_error: Option<String>,
 }
 
-type Tx<'a> = Transaction<'a>;
+pub(super) type Tx<'a> = Transaction<'a>;
 
 // === impl Postgres ===
 
 impl Postgres {
     /// Runs `work` in a transaction on a pooled connection, committed if it succeeds.
-    async fn write<T>(
+    pub(super) async fn write<T>(
         &self,
         work: impl for<'t> FnOnce(
             &'t Tx<'t>,
@@ -593,124 +593,7 @@ impl Postgres {
         })
         .await
     }
-
-    /// Makes this instance the key's probe for the cluster until `until`, if no other
-    /// instance is probing it; true if it is (or the key never cooled down anywhere).
-    pub async fn take_probe(&self, key: &str, now: i64, until: i64) -> Result<bool, StoreError> {
-        let (key, me) = (key.to_owned(), self.instance);
-        self.write(move |tx| {
-            Box::pin(async move {
-                let row = tx
-                    .query_opt(
-                        "SELECT probe_owner, probe_until FROM key_state WHERE key = $1 FOR UPDATE",
-                        &[&key],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                let Some(row) = row else { return Ok(true) };
-                let (owner, held): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
-                if owner.is_some_and(|o| o != me) && held.is_some_and(|h| h > now) {
-                    return Ok(false);
-                }
-                tx.execute(
-                    "UPDATE key_state SET probe_owner = $2, probe_until = $3 WHERE key = $1",
-                    &[&key, &me, &until],
-                )
-                .await
-                .map_err(pg_error)?;
-                Ok(true)
-            })
-        })
-        .await
-    }
-
-    /// The key's probe was not refused: its cooldown is over for the whole cluster.
-    pub async fn probe_done(&self, key: &str) -> Result<(), StoreError> {
-        let key = key.to_owned();
-        self.write(move |tx| {
-            Box::pin(async move {
-                let n = tx
-                    .execute(
-                        "UPDATE key_state SET cooling_until = NULL, available = NULL,
-                             probe_owner = NULL, probe_until = NULL
-                         WHERE key = $1 AND (cooling_until IS NOT NULL OR probe_owner IS NOT NULL)",
-                        &[&key],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                if n > 0 {
-                    notify(tx, "sluice_keys", &key).await?;
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    /// Takes at most `limit` of the owner's due parts that no live instance holds, marks
-    /// them leased to this instance, and counts the ones taken over from an expired lease.
-    pub async fn claim(
-        &self,
-        owner_no: i64,
-        now: i64,
-        limit: u32,
-    ) -> Result<Vec<Dispatchable>, StoreError> {
-        let (me, until) = (self.instance, now + self.lease_ms);
-        let taken = self
-            .write(move |tx| {
-                Box::pin(async move {
-                    let rows = tx
-                        .query(
-                            &format!(
-                                "WITH picked AS (
-                                     SELECT p.job_no, p.seq, p.lease_owner AS before FROM parts p
-                                     WHERE p.owner_no = $1 AND p.state IN ('queued', 'in_flight')
-                                       AND COALESCE(p.next_attempt_at, 0) <= $2
-                                       AND (p.lease_until IS NULL OR p.lease_until < $2)
-                                     ORDER BY p.owner_no, COALESCE(p.next_attempt_at, 0), p.job_no,
-                                         p.item_start
-                                     LIMIT $3 FOR UPDATE OF p SKIP LOCKED),
-                                 leased AS (
-                                     UPDATE parts p SET lease_owner = $4, lease_until = $5
-                                     FROM picked WHERE p.job_no = picked.job_no
-                                       AND p.seq = picked.seq
-                                     RETURNING p.job_no, p.seq, picked.before)
-                                 SELECT {DISPATCH}, leased.before
-                                 FROM leased JOIN parts p ON p.job_no = leased.job_no
-                                     AND p.seq = leased.seq
-                                 JOIN jobs j ON j.no = p.job_no
-                                 ORDER BY COALESCE(p.next_attempt_at, 0), p.job_no, p.item_start"
-                            ),
-                            &[&owner_no, &now, &i64::from(limit), &me, &until],
-                        )
-                        .await
-                        .map_err(pg_error)?;
-                    let mut parts = Vec::with_capacity(rows.len());
-                    let mut takeovers = 0;
-                    for row in &rows {
-                        let before: Option<i64> = row.get("before");
-                        if before.is_some_and(|b| b != me) {
-                            takeovers += 1;
-                        }
-                        parts.push(dispatchable(row)?);
-                    }
-                    Ok((parts, takeovers))
-                })
-            })
-            .await?;
-        let (parts, takeovers) = taken;
-        if takeovers > 0 {
-            self.takeovers.fetch_add(takeovers, Ordering::Relaxed);
-            tracing::warn!(
-                parts = takeovers,
-                "took over parts whose instance's lease expired"
-            );
-        }
-        Ok(parts)
-    }
 }
-
-use std::sync::atomic::Ordering;
 
 async fn insert_job(tx: &Tx<'_>, job: NewJob, recipients: u64) -> Result<Inserted, StoreError> {
     if let Some(new) = &job.idempotency {
@@ -956,10 +839,15 @@ async fn bump(tx: &Tx<'_>, kind: &str, state: &str, delta: i64) -> Result<(), St
     Ok(())
 }
 
-async fn notify(tx: &Tx<'_>, channel: &str, payload: &str) -> Result<(), StoreError> {
-    tx.execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
-        .await
-        .map_err(pg_error)?;
+pub(super) async fn notify(tx: &Tx<'_>, channel: &str, payload: &str) -> Result<(), StoreError> {
+    // The payload leads with the database's clock (unix ms), so listeners can tell how
+    // late the news reached them.
+    tx.execute(
+        "SELECT pg_notify($1, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT || ':' || $2)",
+        &[&channel, &payload],
+    )
+    .await
+    .map_err(pg_error)?;
     Ok(())
 }
 
