@@ -25,6 +25,12 @@ struct JobRow {
     cancelled: bool,
 }
 
+/// A part's ranges, for [`check_split`].
+struct PartRange<'a> {
+    items: &'a std::ops::Range<u64>,
+    bytes: &'a std::ops::Range<u64>,
+}
+
 /// The part row, as the changes need it.
 struct PartRow {
     owner_no: i64,
@@ -298,7 +304,7 @@ pub(super) fn split_part(
     if !part.state.is_open() {
         return Err(StoreError::WrongState(part.state));
     }
-    check_split(&part, into)?;
+    check_split(&part.items, &part.bytes, into)?;
     let max: u32 = conn
         .prepare_cached("SELECT MAX(seq) FROM parts WHERE job_no = ?1")?
         .query_row([job.no], |row| row.get(0))?;
@@ -574,7 +580,7 @@ fn save_counts(conn: &Connection, job: &JobRow, now: i64) -> Result<(), StoreErr
 }
 
 /// Checks a new job's shape; returns its number of recipients.
-fn check_new_job(job: &NewJob) -> Result<u64, StoreError> {
+pub(super) fn check_new_job(job: &NewJob) -> Result<u64, StoreError> {
     let invalid = |why: String| Err(StoreError::Invalid(why));
     let len = job.body.len() as u64;
     if job.id.is_empty() {
@@ -618,9 +624,14 @@ fn check_new_job(job: &NewJob) -> Result<u64, StoreError> {
     Ok(recipients)
 }
 
-/// Checks that `into` covers `part`'s items exactly, in order, each piece non-empty, with
-/// bytes in order within the part's bytes.
-fn check_split(part: &PartRow, into: &[NewPart]) -> Result<(), StoreError> {
+/// Checks that `into` covers a part's `items` exactly, in order, each piece non-empty,
+/// with bytes in order within the part's `bytes`.
+pub(super) fn check_split(
+    items: &std::ops::Range<u64>,
+    bytes: &std::ops::Range<u64>,
+    into: &[NewPart],
+) -> Result<(), StoreError> {
+    let part = PartRange { items, bytes };
     let (mut item, mut byte) = (part.items.start, part.bytes.start);
     for (i, piece) in into.iter().enumerate() {
         if piece.items.start != item || piece.items.is_empty() {

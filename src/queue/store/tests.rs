@@ -1160,6 +1160,7 @@ async fn a_full_disk_fails_writes_loudly_until_space_returns() {
         .expect("insert");
     // Cap the file at its current size: SQLite then fails as on a full disk.
     let pages: i64 = store
+        .sqlite()
         .write(|c| {
             let pages: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0))?;
             c.pragma_update(None, "max_page_count", pages)?;
@@ -1180,6 +1181,7 @@ async fn a_full_disk_fails_writes_loudly_until_space_returns() {
     );
 
     store
+        .sqlite()
         .write(move |c| Ok(c.pragma_update(None, "max_page_count", pages * 1000)?))
         .await
         .expect("uncap");
