@@ -45,6 +45,9 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Print what support needs about one request (its id, time, sanitized body, the API's
+    /// error, every attempt and wait, the job, the delivery): works while `serve` runs.
+    Support(SupportArgs),
     /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`.
     Completions {
         /// The shell.
@@ -72,6 +75,18 @@ pub struct ServeArgs {
     /// Directory for durable state (server.data_dir).
     #[arg(long, env = "SLUICE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SupportArgs {
+    /// The request id (the `X-Request-ID` sluice answered with).
+    pub request_id: String,
+    /// sluice's data directory (server.data_dir), where `journal.db` is.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "sluice-data")]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]

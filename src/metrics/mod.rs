@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+pub mod delivery;
 mod process;
 
 use crate::retry::Outcome;
@@ -63,6 +64,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub idempotent_replays: IntCounterVec,
     pub lenient_content_type: IntCounterVec,
+    /// The delivery tracker's (`delivery.rs`).
+    pub delivery: delivery::DeliveryMetrics,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -336,6 +339,7 @@ impl Metrics {
                 "Sends and template creations accepted with a JSON body under a Content-Type that is not JSON but names no other format either (application/x-www-form-urlencoded, text/plain…), as the API accepts them; by route.",
                 &["route"],
             ),
+            delivery: delivery::DeliveryMetrics::register(&registry),
             process: Process::register(&registry),
             build_info: {
                 let g = gauge_vec(

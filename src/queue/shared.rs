@@ -43,6 +43,9 @@ pub struct DispatchSettings {
     pub clock_skew: Duration,
     /// Told whether each attempt reached the API (for `/readyz`).
     pub health: Arc<Health>,
+    /// Told of every attempt, wait and end (the support journal) and of every accepted
+    /// part (delivery tracking).
+    pub delivery: crate::delivery::Delivery,
 }
 
 /// Recipients and bytes accepted and not yet final: the back-pressure figures.
