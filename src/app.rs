@@ -142,6 +142,7 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
         metrics.clone(),
     );
 
+    let own_key_for_support = own_key.clone();
     let s = &config.server;
     let main = Router::new()
         .fallback(front)
@@ -153,6 +154,10 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
             max_body: s.max_body_bytes,
         })
         .merge(jobs_api::router(queue.clone()))
+        .merge(crate::delivery::support::router(
+            queue.delivery().clone(),
+            own_key_for_support,
+        ))
         .layer(from_fn_with_state(metrics.clone(), request_id::layer));
     let main = layers::front(
         main,

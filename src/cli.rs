@@ -45,6 +45,9 @@ pub enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Print what support needs about one request (its id, time, sanitized body, the API's
+    /// error, every attempt and wait, the job, the delivery): works while `serve` runs.
+    Support(SupportArgs),
     /// Print a shell completion script: `sluice completions bash > /etc/bash_completion.d/sluice`.
     Completions {
         /// The shell.
@@ -75,6 +78,18 @@ pub struct ServeArgs {
     /// A PostgreSQL URL: the job store shared by a cluster of instances (store.url).
     #[arg(long, env = "SLUICE_STORE_URL", hide_env_values = true)]
     pub store_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SupportArgs {
+    /// The request id (the `X-Request-ID` sluice answered with).
+    pub request_id: String,
+    /// sluice's data directory (server.data_dir), where `journal.db` is.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "sluice-data")]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -115,6 +130,21 @@ pub struct SimulateArgs {
     /// and every send gets the 429 (0 or absent: off).
     #[arg(long, env = "SLUICE_SIM_CAPACITY_FLIP_SECS", value_parser = seconds)]
     pub capacity_flip_secs: Option<f64>,
+    /// Share (0 to 1) of Viber messages that fail, with code 8, 9 or 10 (absent: a Viber
+    /// message to a number ending in 9 fails with code 9, every other one is delivered).
+    #[arg(long, env = "SLUICE_SIM_VIBER_FAIL_RATE", value_parser = probability)]
+    pub viber_fail_rate: Option<f64>,
+    /// How failed Viber messages split among codes 8, 9 and 10, as code:weight pairs.
+    #[arg(long, env = "SLUICE_SIM_VIBER_FAIL_CODES", default_value = "8:1,9:1,10:1",
+        value_parser = crate::simulator::ViberFailCodes::parse)]
+    pub viber_fail_codes: crate::simulator::ViberFailCodes,
+    /// Share (0 to 1) of failed Viber messages that SMS fallback delivers, when the
+    /// campaign's template has smsFallbackEnabled.
+    #[arg(long, env = "SLUICE_SIM_SMS_FALLBACK_RATE", default_value_t = 1.0, value_parser = probability)]
+    pub sms_fallback_rate: f64,
+    /// Share (0 to 1) of SMS messages that fail (details code 1, UNDELIVERABLE).
+    #[arg(long, env = "SLUICE_SIM_SMS_FAIL_RATE", default_value_t = 0.0, value_parser = probability)]
+    pub sms_fail_rate: f64,
     /// A valid API key (repeat for several companies; env: comma-separated).
     #[arg(
         long = "api-key",
@@ -229,11 +259,32 @@ mod tests {
         assert_eq!(set.capacity_flip, Some(Duration::from_millis(2500)));
         let off = parse(&["--capacity-flip-secs", "0"]).unwrap();
         assert_eq!(off.capacity_flip, None);
+        let outcomes = parse(&[
+            "--viber-fail-rate",
+            "0.5",
+            "--viber-fail-codes",
+            "8:1,9:2",
+            "--sms-fallback-rate",
+            "0.25",
+            "--sms-fail-rate",
+            "0.1",
+        ])
+        .unwrap();
+        assert_eq!(outcomes.viber_fail_rate, Some(0.5));
+        assert_eq!(outcomes.viber_fail_codes.to_string(), "8:1,9:2,10:0");
+        assert_eq!(
+            (outcomes.sms_fallback_rate, outcomes.sms_fail_rate),
+            (0.25, 0.1)
+        );
+        assert_eq!(defaults.viber_fail_rate, None);
+        assert_eq!(defaults.sms_fallback_rate, 1.0);
 
         for bad in [
             ["--reset-rate", "1.5"],
             ["--reset-rate", "x"],
             ["--capacity-flip-secs", "-1"],
+            ["--viber-fail-rate", "2"],
+            ["--viber-fail-codes", "7:1"],
         ] {
             let err = parse(&bad).unwrap_err();
             assert!(err.contains(bad[1]), "{err}");

@@ -25,6 +25,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    pub delivery: crate::delivery::DeliveryConfig,
     /// Send routes; requests matching none pass through. Absent: the two default send
     /// routes; `routes = []`: none (sluice is then a pure pass-through proxy).
     pub routes: Option<Vec<Route>>,
@@ -393,6 +394,9 @@ impl Config {
         }
         if self.queue.idempotency_ttl_secs == 0 {
             return invalid("queue.idempotency_ttl_secs", "must be at least 1");
+        }
+        if let Err((key, message)) = self.delivery.validate() {
+            return Err(ConfigError::Invalid { key, message });
         }
         for route in self.routes.iter().flatten() {
             if let Err(message) = route.validate() {

@@ -44,6 +44,10 @@ pub fn sim_config(args: &SimulateArgs) -> SimConfig {
             .capacity_flip_secs
             .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
             .filter(|period| !period.is_zero()),
+        viber_fail_rate: args.viber_fail_rate,
+        viber_fail_codes: args.viber_fail_codes,
+        sms_fallback_rate: args.sms_fallback_rate,
+        sms_fail_rate: args.sms_fail_rate,
         ..SimConfig::default()
     }
 }

@@ -32,6 +32,7 @@ pub mod capacity;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod error;
 pub mod health;

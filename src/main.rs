@@ -31,6 +31,18 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    if let Command::Support(args) = &cli.command {
+        return match sluice::delivery::support::run(&args.data_dir, &args.request_id, args.json) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sluice support: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::CheckConfig { file } = &cli.command {
         return match Config::load(file) {
             Ok(_) => {
@@ -106,7 +118,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             init_logging(&cli.log_format, &cli.log_level, &config);
             demo::run(args, shutdown).await?;
         }
-        Command::CheckConfig { .. } | Command::Completions { .. } | Command::Man => {
+        Command::CheckConfig { .. }
+        | Command::Completions { .. }
+        | Command::Man
+        | Command::Support(_) => {
             unreachable!("handled before the runtime starts")
         }
     }

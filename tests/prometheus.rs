@@ -3,12 +3,12 @@
 //! A simulator and an in-process sluice (the default send routes, templates in warn mode)
 //! go through a normal day: pass-through 200s, 400s and a 401, 429s and a cooldown,
 //! injected 500s, a bulk job split and delivered, a validation 400, a dead letter, an
-//! Idempotency-Key repeated, a lenient Content-Type, a short outage and a late answer
-//! reconciled. Then Debian's `prometheus` (2.42) is started in a temporary directory,
-//! scraping sluice's admin listener every second (`job="sluice"`) with
-//! `dashboards/alerts.yml` loaded, and every expression of `dashboards/sluice.json` (panel
-//! queries and template variables, with Grafana's variables substituted) must return at
-//! least one series; every alert rule must load and evaluate with health "ok".
+//! Idempotency-Key repeated, a lenient Content-Type, a short outage, a late answer
+//! reconciled, Viber messages failing by code and a bulk campaign followed. Then Debian's
+//! `prometheus` (2.42) is started in a temporary directory, scraping sluice's admin
+//! listener every second (`job="sluice"`) with `dashboards/alerts.yml` loaded, and every
+//! expression of `dashboards/sluice.json` (panel queries and template variables, with
+//! Grafana's variables substituted) must return at least one series; every alert rule must load and evaluate with health "ok".
 //!
 //! The static tests check what the real one relies on: every panel query filters by the
 //! `job` and `instance` variables, and the variables are what the README says.
@@ -127,6 +127,22 @@ async fn a_real_prometheus_answers_every_dashboard_query_and_loads_every_alert()
         (
             r#"sluice_reconciliations_total{result="accepted"}"#,
             "a late answer reconciled",
+        ),
+        (
+            r#"sluice_messages_failed_total{channel="viber"}"#,
+            "Viber messages failed",
+        ),
+        (
+            r#"sluice_messages_delivered_total{channel="viber"}"#,
+            "Viber messages delivered",
+        ),
+        (
+            "sluice_delivery_latency_seconds_count",
+            "delivery latencies",
+        ),
+        (
+            r#"sluice_campaign_messages{count="sent"}"#,
+            "a bulk campaign followed",
         ),
     ] {
         let expr = format!("sum({expr}) > 0");
@@ -259,6 +275,10 @@ async fn scenario(sim: &Running) -> common::TestProxy {
         // Outages: probes at most 300 ms apart, so a short one ends quickly.
         c.upstream.outage_probe_base_ms = 50;
         c.upstream.outage_probe_max_ms = 300;
+        // Delivery lookups soon after acceptance and often.
+        c.delivery.first_check_ms = 50;
+        c.delivery.max_check_interval_ms = 200;
+        c.delivery.lookups_per_sec = 1_000;
     });
     let proxy = start_proxy(&config, None).await;
     let url = |path: &str| proxy_url(&proxy, path);
@@ -379,6 +399,32 @@ async fn scenario(sim: &Running) -> common::TestProxy {
     )
     .await;
     assert_eq!(job["state"], "succeeded", "{job}");
+
+    // Delivery: Viber single sends, about half failing with codes 8-10, followed to their
+    // end (the bulk job's campaign is followed by its counters meanwhile).
+    sim.sim.set_viber_fail_rate(Some(0.5));
+    let viber = campaign(sim, KEY, "Transactional", "Viber", true).await;
+    let viber_url = url(&format!("/api/v1/campaigns/{viber}/messages/viber"));
+    for n in 0..12 {
+        let (status, _, body) = send(Method::POST, &viber_url, &json_key, one(700 + n)).await;
+        assert_eq!(status, StatusCode::CREATED, "{}", json(&body));
+    }
+    let ended = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| {
+                (l.starts_with("sluice_messages_delivered_total{")
+                    || l.starts_with("sluice_messages_failed_total{"))
+                    && l.contains("channel=\"viber\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    common::wait_until(
+        || ended(&String::from_utf8_lossy(&proxy.metrics.render())) >= 12.0,
+        Duration::from_secs(15),
+        "the Viber messages ended",
+    )
+    .await;
 
     // sluice's own view agrees that the API is back.
     let (_, _, metrics) = send(Method::GET, &admin_url(&proxy, "/metrics"), &[], "").await;

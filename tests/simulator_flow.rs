@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::sim::{assert_recent, bulk, bulk_body, call, campaign, phones, text, KEY};
@@ -222,6 +223,11 @@ async fn stats_count_duplicates_batches_and_early_retries() {
         resets: 0,
         delayed_answers: 0,
         outages: 0,
+        // 5 s × 10/s: the first 50 messages are done, every SMS delivered by default.
+        delivered: 50,
+        failed: 0,
+        failed_by_code: BTreeMap::new(),
+        sms_fallback_delivered: 0,
     };
     assert_eq!(served, expected);
     assert_eq!(run.sim.stats(), expected);

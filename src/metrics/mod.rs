@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+pub mod delivery;
 mod process;
 pub mod store;
 
@@ -65,6 +66,8 @@ pub struct Metrics {
     pub idempotent_replays: IntCounterVec,
     pub lenient_content_type: IntCounterVec,
     pub store: store::StoreMetrics,
+    /// The delivery tracker's (`delivery.rs`).
+    pub delivery: delivery::DeliveryMetrics,
 }
 
 /// Buckets for request latencies (seconds): 1 ms to 60 s.
@@ -339,6 +342,7 @@ impl Metrics {
                 &["route"],
             ),
             store: store::StoreMetrics::register(&registry),
+            delivery: delivery::DeliveryMetrics::register(&registry),
             process: Process::register(&registry),
             build_info: {
                 let g = gauge_vec(

@@ -206,13 +206,14 @@ impl Queue {
             method: meta.method.clone(),
             path: meta.path.clone(),
             headers: meta.headers.clone(),
-            body,
+            body: body.clone(),
             array: cut.array,
             parts: cut.parts.clone(),
             skipped: skipped_json.clone(),
             idempotency: claim,
             now_ms: meta.created_at,
         };
+        let journaled = body;
         let watch = q.dispatcher.watch(&id);
         match q.store.insert_job(job).await {
             Ok(Inserted::New) => {}
@@ -235,6 +236,16 @@ impl Queue {
             .jobs_accepted
             .with_label_values(&[&route.name])
             .inc();
+        let request_id = meta.request_id();
+        q.delivery.sent(
+            route,
+            request_id.as_deref(),
+            &meta.owner,
+            &id,
+            &meta.method,
+            &meta.path,
+            journaled,
+        );
         room.keep();
         if lenient {
             gate.lenient();
@@ -466,6 +477,14 @@ struct JobMeta {
 // === impl JobMeta ===
 
 impl JobMeta {
+    /// The client's request id, kept with the job's headers.
+    fn request_id(&self) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name == crate::request_id::HEADER)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
     /// The job as just stored: every part queued, nothing attempted.
     fn record(self, recipients: u64, parts: &[NewPart], skipped: Option<String>) -> JobRecord {
         JobRecord {

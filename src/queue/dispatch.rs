@@ -173,6 +173,15 @@ impl Core {
         self.report_reach(pass, outcome);
         self.metrics.count_attempt(&part.route, outcome);
         let attempts = part.attempts + 1;
+        let answer = stored.as_ref().map(|s| (s.status.as_u16(), &s.body[..]));
+        self.settings.delivery.attempt(
+            &part,
+            sent_at,
+            attempts,
+            answer.map(|a| a.0),
+            answer.map(|a| a.1),
+            error.as_deref(),
+        );
         tracing::info!(
             request_id = part.request_id().as_deref(), job = %part.job_id, part = part.seq, route = %part.route,
             recipients = n, attempt = attempts, status = stored.as_ref().map(|s| s.status.as_u16()),

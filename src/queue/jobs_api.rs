@@ -24,7 +24,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::store::{JobRecord, JobState};
+use super::store::JobState;
 use super::view::JobView;
 use super::Queue;
 use crate::api::{self, text, Envelope};
@@ -105,7 +105,12 @@ async fn list(
             let next = (jobs.len() as u32 == limit)
                 .then(|| jobs.last().map(|j| format!("{}.{}", j.created_at, j.id)))
                 .flatten();
-            let views: Vec<JobView> = jobs.iter().map(JobView::new).collect();
+            let ids = jobs.iter().map(|j| j.id.clone()).collect();
+            let mut delivery = q.inner.delivery.views(ids).await.unwrap_or_default();
+            let views: Vec<JobView> = jobs
+                .iter()
+                .map(|j| JobView::new(j).with_delivery(delivery.remove(&j.id)))
+                .collect();
             api::json_response(StatusCode::OK, &json!({"jobs": views, "nextCursor": next}))
         }
         Err(e) => store_error(e),
@@ -219,14 +224,14 @@ fn method_not_allowed(allow: Option<&HeaderValue>) -> Response<Body> {
 
 async fn current(q: &Queue, id: &str, owner: &str) -> Response<Body> {
     match q.inner.store.job(id, owner).await {
-        Ok(Some(job)) => job_json(StatusCode::OK, &job),
+        Ok(Some(job)) => {
+            let delivery = q.inner.delivery.views(vec![job.id.clone()]).await;
+            let delivery = delivery.ok().and_then(|mut d| d.remove(&job.id));
+            api::json_response(StatusCode::OK, &JobView::new(&job).with_delivery(delivery))
+        }
         Ok(None) => not_found(),
         Err(e) => store_error(e),
     }
-}
-
-fn job_json(status: StatusCode, job: &JobRecord) -> Response<Body> {
-    api::json_response(status, &JobView::new(job))
 }
 
 fn not_found() -> Response<Body> {

@@ -76,6 +76,8 @@ struct QueueInner {
     answer_by: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
     /// `queue.idempotency_ttl_secs`, in milliseconds.
     idempotency_ttl_ms: i64,
+    /// Delivery tracking and the support journal (`crate::delivery`).
+    delivery: crate::delivery::Delivery,
 }
 
 /// Most expired idempotency keys deleted by one write (the purge repeats until fewer are
@@ -120,6 +122,9 @@ impl Queue {
         });
         let routes = config.routes();
         let q = &config.queue;
+        let delivery = open_delivery(
+            config, &upstream, &keys, &metrics, &own_key, &shutdown, &tasks,
+        )?;
         let dispatcher = Dispatcher::start(
             store.clone(),
             upstream,
@@ -137,6 +142,7 @@ impl Queue {
                 clock_skew: Duration::from_millis(q.reconcile_clock_skew_ms),
                 health,
                 lease: Duration::from_secs(config.store.lease_secs),
+                delivery: delivery.clone(),
             },
             shutdown.clone(),
             tasks.clone(),
@@ -193,6 +199,7 @@ impl Queue {
                 max_queued_bytes: q.max_queued_bytes,
                 answer_by: tokio::sync::watch::Sender::new(None),
                 idempotency_ttl_ms: i64::try_from(idempotency_ttl.as_millis()).unwrap_or(i64::MAX),
+                delivery,
             }),
         })
     }
@@ -202,6 +209,11 @@ impl Queue {
     /// until the queue's shutdown token is cancelled.
     pub fn answer_by(&self, deadline: tokio::time::Instant) {
         self.inner.answer_by.send_replace(Some(deadline));
+    }
+
+    /// Delivery tracking and the support journal.
+    pub fn delivery(&self) -> &crate::delivery::Delivery {
+        &self.inner.delivery
     }
 
     pub fn routes(&self) -> &RouteTable {
@@ -251,6 +263,31 @@ impl Queue {
                 .inc_by(c.takeovers().saturating_sub(counted));
         }
     }
+}
+
+/// Opens delivery tracking and the support journal (`journal.db`, beside the job store).
+fn open_delivery(
+    config: &Config,
+    upstream: &Upstream,
+    keys: &Arc<KeyState>,
+    metrics: &Arc<Metrics>,
+    own_key: &Option<ApiKey>,
+    stop: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<crate::delivery::Delivery, StoreError> {
+    let cx = crate::delivery::Context {
+        upstream: upstream.clone(),
+        keys: keys.clone(),
+        own_key: own_key.clone(),
+        metrics: metrics.clone(),
+    };
+    let dir = &config.server.data_dir;
+    crate::delivery::Delivery::open(dir, &config.delivery, cx, stop.clone(), tasks).map_err(|e| {
+        StoreError::Open {
+            path: dir.join(crate::delivery::journal::FILE),
+            source: Box::new(e),
+        }
+    })
 }
 
 /// Every so often, drops per-key state idle for `idle`, so that keys clients invent (and

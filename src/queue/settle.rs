@@ -208,6 +208,7 @@ impl Core {
         wait: Duration,
         count_attempt: bool,
     ) -> Result<(), StoreError> {
+        self.settings.delivery.wait(&part, wait, &why);
         let next = now_ms() + wait.as_millis() as i64;
         let retry = Retry {
             last_status: status,
@@ -366,9 +367,17 @@ impl Core {
         error: Option<String>,
     ) -> Result<(), StoreError> {
         let response = stored.map(|s| StoredResponse::of(s.status, &s.headers, &s.body));
+        let answer = response.as_ref().map(|r| r.body.clone());
+        let note = error.clone();
         self.store
             .finish_part(&part.job_id, part.seq, state, response, error, now_ms())
             .await?;
+        self.settings.delivery.finished(
+            part,
+            state_name(state),
+            note.as_deref(),
+            answer.as_deref(),
+        );
         let n = part.items.end - part.items.start;
         let route = part.route.as_str();
         if state == PartState::Succeeded {
@@ -399,5 +408,17 @@ impl Core {
         self.remove_backlog(n, part.bytes.end - part.bytes.start);
         self.notify(&part.job_id);
         Ok(())
+    }
+}
+
+/// A part state's name, as the job JSON spells it.
+fn state_name(state: PartState) -> &'static str {
+    match state {
+        PartState::Queued => "queued",
+        PartState::InFlight => "in_flight",
+        PartState::Succeeded => "succeeded",
+        PartState::Failed => "failed",
+        PartState::Cancelled => "cancelled",
+        PartState::Uncertain => "uncertain",
     }
 }

@@ -45,6 +45,9 @@ pub struct DispatchSettings {
     pub health: Arc<Health>,
     /// With a shared store: how long a lease (and a cluster probe) lasts.
     pub lease: Duration,
+    /// Told of every attempt, wait and end (the support journal) and of every accepted
+    /// part (delivery tracking).
+    pub delivery: crate::delivery::Delivery,
 }
 
 /// Recipients and bytes accepted and not yet final: the back-pressure figures.

@@ -35,6 +35,10 @@ pub struct JobView<'a> {
     pub skipped: Option<&'a RawValue>,
     pub created_at: String,
     pub updated_at: String,
+    /// What became of the message (single send) or campaign (bulk) after the API accepted
+    /// it: see `crate::delivery::view`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<serde_json::Value>,
     /// Fields of the API's own answer carried over into an aggregate (see
     /// [`JobView::with_api_fields`]).
     #[serde(flatten)]
@@ -108,8 +112,15 @@ impl<'a> JobView<'a> {
                 .and_then(|s| serde_json::from_str::<&RawValue>(s).ok()),
             created_at: rfc3339(job.created_at),
             updated_at: rfc3339(job.updated_at),
+            delivery: None,
             api_fields: serde_json::Map::new(),
         }
+    }
+
+    /// With what became of the job's message or campaign, when sluice knows.
+    pub fn with_delivery(mut self, delivery: Option<serde_json::Value>) -> Self {
+        self.delivery = delivery;
+        self
     }
 
     /// For the answer to a finished multi-part send: the top-level fields of the first

@@ -4,11 +4,11 @@
 //! `state.rs` finds the company for an API key and applies the cross-company rules
 //! (ids, `max_pending`); this file holds what happens inside one company.
 //!
-//! Message outcomes are deterministic so that tests and demos can predict them: SMS
-//! messages are always Delivered; a Viber message to a number ending in `9` is treated as
-//! "not a Viber user" (code 9) and is Failed, or Delivered with
-//! `deliveredViaSmsFallback: true` when the campaign's template has
-//! `smsFallbackEnabled`. All other Viber messages are Delivered.
+//! Every message's fate (Delivered, Delivered by SMS fallback, or Failed with a code) is
+//! decided when it is accepted, by the rules of `outcome.rs`, and stored with it; when
+//! the drain takes it to done, the fate moves into its campaign's counters and the
+//! company's [`Tally`], and the messages query shows the same fate. Counters and the
+//! query therefore always agree.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, UNIX_EPOCH};
@@ -16,9 +16,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::model::{
-    CampaignStatus, CampaignType, CampaignView, Channel, Details, Id, MessageStatus, MessageView,
-    Template,
+    CampaignStatus, CampaignType, CampaignView, Channel, Id, MessageStatus, MessageView, Template,
 };
+use super::outcome::{Fate, Tally};
 use super::phone::PhoneKey;
 use super::queue::{Queue, Record, Stage};
 
@@ -30,6 +30,8 @@ pub struct Company {
     pub templates: HashMap<Id, Template>,
     pub campaigns: HashMap<Id, Campaign>,
     pub queue: Queue,
+    /// Outcomes of the company's messages that are done.
+    pub tally: Tally,
 }
 
 /// A campaign and its running counters.
@@ -68,13 +70,6 @@ pub enum SendError {
     },
 }
 
-/// How a message that left the queue ended.
-enum Outcome {
-    Delivered,
-    DeliveredViaFallback,
-    Failed,
-}
-
 /// The id of message `seq` of company `index`: unique across companies.
 pub fn message_id(index: usize, seq: usize) -> String {
     format!("msg-{index}-{seq}")
@@ -96,6 +91,7 @@ impl Company {
             templates: HashMap::new(),
             campaigns: HashMap::new(),
             queue: Queue::new(drain_rate, now),
+            tally: Tally::default(),
         }
     }
 
@@ -131,42 +127,36 @@ impl Company {
             }
         }
         for record in &records[progress.done] {
+            self.tally.count(record.fate);
             if let Some(c) = self.campaigns.get_mut(&record.campaign) {
-                match c.outcome(record.phone) {
-                    Outcome::Delivered => c.view.delivered_count += 1,
-                    Outcome::DeliveredViaFallback => {
+                match record.fate {
+                    Fate::Delivered => c.view.delivered_count += 1,
+                    Fate::ViaFallback(_) => {
                         c.view.delivered_count += 1;
                         c.view.sms_fallback_delivered_count += 1;
                     }
-                    Outcome::Failed => c.view.failed_count += 1,
+                    Fate::Failed(_) => c.view.failed_count += 1,
                 }
             }
         }
     }
 
     /// Message `seq` as the messages query lists it, status as of the last advance.
-    /// Viber messages that are done say whether SMS fallback delivered them.
+    /// Viber messages that are done say whether SMS fallback delivered them; messages not
+    /// delivered on their channel give the reason in `details`.
     pub fn message_view(&self, seq: usize, record: &Record) -> Option<MessageView> {
         let campaign = self.campaigns.get(&record.campaign)?;
         let channel = campaign.view.channel;
+        let viber = (channel == Channel::Viber).then_some(false);
         let (status, details, fallback) = match self.queue.stage(seq) {
             Stage::Pending => (MessageStatus::Pending, None, None),
             Stage::Sending => (MessageStatus::Sending, None, None),
-            Stage::Done => match campaign.outcome(record.phone) {
-                Outcome::Delivered if channel == Channel::Viber => {
-                    (MessageStatus::Delivered, None, Some(false))
+            Stage::Done => match record.fate {
+                Fate::Delivered => (MessageStatus::Delivered, None, viber),
+                Fate::ViaFallback(reason) => {
+                    (MessageStatus::Delivered, Some(reason.details()), Some(true))
                 }
-                Outcome::Delivered => (MessageStatus::Delivered, None, None),
-                Outcome::DeliveredViaFallback => (
-                    MessageStatus::Delivered,
-                    Some(Details::NOT_VIBER_USER),
-                    Some(true),
-                ),
-                Outcome::Failed => (
-                    MessageStatus::Failed,
-                    Some(Details::NOT_VIBER_USER),
-                    Some(false),
-                ),
+                Fate::Failed(reason) => (MessageStatus::Failed, Some(reason.details()), viber),
             },
         };
         Some(MessageView {
@@ -191,19 +181,6 @@ impl Campaign {
             view,
             sms_fallback,
             seen: HashSet::new(),
-        }
-    }
-
-    /// The module's deterministic rule: Viber to a number ending in 9 is not a Viber user.
-    fn outcome(&self, phone: PhoneKey) -> Outcome {
-        if self.view.channel == Channel::Viber && phone.last_digit() == 9 {
-            if self.sms_fallback {
-                Outcome::DeliveredViaFallback
-            } else {
-                Outcome::Failed
-            }
-        } else {
-            Outcome::Delivered
         }
     }
 }

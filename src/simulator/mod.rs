@@ -59,7 +59,24 @@
 //! # Capacity and statuses
 //! Pending messages drain at `drain_rate` per second of tokio time (so paused-time
 //! tests are exact); see `queue.rs`. Messages go Pending → Sending → Delivered/Failed
-//! in acceptance order; see `state.rs` for the deterministic Viber failure rule.
+//! in acceptance order.
+//!
+//! # Delivery outcomes
+//! How each message ends is decided when it is accepted, deterministically from `seed`,
+//! the company and the message's sequence number (never from time), under the rules of
+//! `outcome.rs`, set in [`SimConfig`] and at run time ([`Simulator`]'s `set_…` methods):
+//! - SMS: Failed with probability `sms_fail_rate` (default 0), `details`
+//!   `{"code": 1, "error": "UNDELIVERABLE"}` (the simulator's choice), else Delivered;
+//! - Viber, `viber_fail_rate` unset (the default): a number ending in `9` fails with
+//!   code 9 (`NOT_VIBER_USER`), any other is Delivered; set: fails with that probability,
+//!   code 8, 9 or 10 drawn by the weights `viber_fail_codes` (default 1:1:1);
+//! - a failed Viber message of a campaign whose template has `smsFallbackEnabled` is
+//!   Delivered by SMS fallback with probability `sms_fallback_rate` (default 1), with
+//!   `deliveredViaSmsFallback: true` and its Viber code kept in `details`.
+//!
+//! The campaign counters and the messages query read the same stored outcome, so they
+//! always agree; [`SimStats`] sums them over every company (`delivered`, `failed`,
+//! `failed_by_code`, `sms_fallback_delivered`).
 //!
 //! # Files
 //! - `mod.rs`: config, the [`Simulator`] handle and its run-time setters, the router;
@@ -67,8 +84,9 @@
 //! - `handlers.rs`: HTTP for everything but sends; `send.rs`: the two send endpoints
 //!   and the 429; `control.rs`: `/_sim/control`;
 //! - `faults.rs`: what a processed send's answer suffers (delay, reset), capacity flips;
-//! - `state.rs`: the world, pure logic; `company.rs`: one company (counters, statuses,
-//!   outcomes); `queue.rs`: the capacity model and creation times;
+//! - `state.rs`: the world, pure logic; `company.rs`: one company (counters, statuses);
+//!   `outcome.rs`: how each message ends (the rules, the draws, the tally); `queue.rs`:
+//!   the capacity model, creation times and each message's stored outcome;
 //! - `model.rs`: resource shapes; `validate.rs`: request bodies; `phone.rs`: phone
 //!   numbers; `stats.rs`: [`SimStats`].
 
@@ -77,6 +95,7 @@ mod control;
 mod faults;
 mod handlers;
 mod model;
+mod outcome;
 mod phone;
 mod queue;
 mod send;
@@ -99,6 +118,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::faults::{Fate, SendFaults};
+use self::outcome::Rules;
+pub use self::outcome::ViberFailCodes;
 pub use self::serve::serve;
 use self::state::State;
 pub use self::stats::SimStats;
@@ -118,7 +139,7 @@ pub struct SimConfig {
     pub hint: HintMode,
     /// Probability (0..=1) of an injected 500 on any authenticated request (default 0).
     pub fail_rate: f64,
-    /// Seed of the failure-injection RNG (default 1).
+    /// Seed of the failure-injection RNG and of the delivery outcomes (default 1).
     pub seed: u64,
     /// Delay added before answering every API request (default none).
     pub latency: Duration,
@@ -138,6 +159,19 @@ pub struct SimConfig {
     /// and in every other period (the second, fourth, …) every company is full, so any
     /// send is refused with the 429 (default none).
     pub capacity_flip: Option<Duration>,
+    /// Share (0..=1) of Viber messages that fail, drawn per message from `seed` (see
+    /// `outcome.rs`). `None` (the default): a Viber message to a number ending in `9`
+    /// fails with code 9 (`NOT_VIBER_USER`), every other one is delivered.
+    pub viber_fail_rate: Option<f64>,
+    /// How drawn Viber failures split among codes 8, 9 and 10 (default 1:1:1). Unused
+    /// while `viber_fail_rate` is `None`.
+    pub viber_fail_codes: ViberFailCodes,
+    /// Share (0..=1) of failed Viber messages of campaigns whose template has
+    /// `smsFallbackEnabled` that SMS fallback delivers (default 1: all of them).
+    pub sms_fallback_rate: f64,
+    /// Share (0..=1) of SMS messages that fail, with `details`
+    /// `{"code": 1, "error": "UNDELIVERABLE"}` (default 0).
+    pub sms_fail_rate: f64,
 }
 
 /// How a 429 tells the client when to retry.
@@ -193,6 +227,10 @@ impl Default for SimConfig {
             reset_rate: 0.0,
             answer_delay: Duration::ZERO,
             capacity_flip: None,
+            viber_fail_rate: None,
+            viber_fail_codes: ViberFailCodes::default(),
+            sms_fallback_rate: 1.0,
+            sms_fail_rate: 0.0,
         }
     }
 }
@@ -205,6 +243,7 @@ impl Simulator {
         let now = Instant::now();
         let mut state = State::new(&cfg.api_keys, cfg.max_pending, cfg.drain_rate, now);
         state.set_capacity_flip(cfg.capacity_flip, now);
+        *state.rules_mut() = Rules::from_config(&cfg);
         let inner = Inner {
             fail_rate: AtomicU64::new(cfg.fail_rate.to_bits()),
             state: Mutex::new(state),
@@ -262,9 +301,15 @@ impl Simulator {
             .with_state(self.clone())
     }
 
-    /// A snapshot of the counters (the same as `GET /_sim/stats`).
+    /// A snapshot of the counters (the same as `GET /_sim/stats`), outcomes as of now.
     pub fn stats(&self) -> SimStats {
-        self.stats_mut().snapshot()
+        let outcomes = self.state().outcomes(Instant::now());
+        let mut stats = self.stats_mut().snapshot();
+        stats.delivered = outcomes.delivered;
+        stats.failed_by_code = outcomes.failed_by_code();
+        stats.failed = stats.failed_by_code.values().sum();
+        stats.sms_fallback_delivered = outcomes.sms_fallback_delivered;
+        stats
     }
 
     /// Changes the probability of an injected 500 from the next request on.
@@ -292,6 +337,29 @@ impl Simulator {
     /// Changes how long a processed send waits before answering, from the next send on.
     pub fn set_answer_delay(&self, delay: Duration) {
         self.faults().set_answer_delay(delay);
+    }
+
+    /// Changes the share of Viber messages that fail (`None`: the "number ending in 9"
+    /// rule) for messages accepted from now on.
+    pub fn set_viber_fail_rate(&self, p: Option<f64>) {
+        self.state().rules_mut().viber_fail_rate = p;
+    }
+
+    /// Changes how drawn Viber failures split among codes 8, 9 and 10, for messages
+    /// accepted from now on.
+    pub fn set_viber_fail_codes(&self, codes: ViberFailCodes) {
+        self.state().rules_mut().viber_fail_codes = codes;
+    }
+
+    /// Changes the share of failed Viber messages (of campaigns with SMS fallback) that
+    /// SMS fallback delivers, for messages accepted from now on.
+    pub fn set_sms_fallback_rate(&self, p: f64) {
+        self.state().rules_mut().sms_fallback_rate = p;
+    }
+
+    /// Changes the share of SMS messages that fail, for messages accepted from now on.
+    pub fn set_sms_fail_rate(&self, p: f64) {
+        self.state().rules_mut().sms_fail_rate = p;
     }
 
     /// Stops listening for `duration` (tokio time) from now: connecting is refused and

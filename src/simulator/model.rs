@@ -103,7 +103,8 @@ pub enum MessageStatus {
     Failed,
 }
 
-/// Why a Viber message was not delivered over Viber (the seed's Viber error codes).
+/// Why a message was not delivered on its channel: the seed's Viber error codes, or the
+/// simulator's own code 1 for an SMS (see `outcome.rs`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Details {
     pub code: u16,
@@ -180,10 +181,26 @@ impl fmt::Display for CampaignStatus {
 // === impl Details ===
 
 impl Details {
+    /// Viber error 8: the user blocked the Viber service (SMS fallback applies).
+    pub const USER_BLOCKED: Details = Details {
+        code: 8,
+        error: "USER_BLOCKED",
+    };
     /// Viber error 9: the recipient is not registered on Viber (SMS fallback applies).
     pub const NOT_VIBER_USER: Details = Details {
         code: 9,
         error: "NOT_VIBER_USER",
+    };
+    /// Viber error 10: no compatible device for Viber (SMS fallback applies).
+    pub const NO_SUITABLE_DEVICE: Details = Details {
+        code: 10,
+        error: "NO_SUITABLE_DEVICE",
+    };
+    /// An SMS that was not delivered. The provider documents no SMS error codes: this is
+    /// the simulator's choice.
+    pub const SMS_UNDELIVERABLE: Details = Details {
+        code: 1,
+        error: "UNDELIVERABLE",
     };
 }
 

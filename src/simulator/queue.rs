@@ -14,12 +14,12 @@
 //!   Failed) when `seq < floor(drained)`, *Sending* when it is within the next
 //!   `ceil(drain_rate × 0.5 s)` messages, else *Pending*.
 //!
-//! Each message costs one 16-byte [`Record`]; the time a message was accepted is kept
-//! per accepted send (one entry per batch, found by binary search on the sequence
-//! number), not per message. Two cursors remember how far the stages
-//! have already advanced, so [`Queue::advance`] can report exactly the messages that
-//! changed stage since the last call and the caller can keep per-campaign counters
-//! up to date in amortised O(1) per message.
+//! Each message costs one 16-byte [`Record`] (its fate fits in what would be padding);
+//! the time a message was accepted is kept per accepted send (one entry per batch, found
+//! by binary search on the sequence number), not per message. Two cursors remember how
+//! far the stages have already advanced, so [`Queue::advance`] can report exactly the
+//! messages that changed stage since the last call and the caller can keep per-campaign
+//! counters up to date in amortised O(1) per message.
 
 use std::ops::Range;
 use std::time::Duration;
@@ -27,16 +27,19 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::model::Id;
+use super::outcome::Fate;
 use super::phone::PhoneKey;
 
 /// How long a message counts as Sending before it is done, in drain time.
 pub const SENDING_WINDOW: Duration = Duration::from_millis(500);
 
-/// One accepted message: who it goes to and which campaign it belongs to.
+/// One accepted message: who it goes to, which campaign it belongs to and how it will
+/// end (decided at acceptance, shown once it is done).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Record {
     pub phone: PhoneKey,
     pub campaign: Id,
+    pub fate: Fate,
 }
 
 /// Where a message is on its way out.
@@ -196,6 +199,7 @@ mod tests {
         Record {
             phone: PhoneKey::parse(&format!("{:011}", 38_970_000_000 + n)).unwrap(),
             campaign: 1,
+            fate: Fate::Delivered,
         }
     }
 

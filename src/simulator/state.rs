@@ -5,8 +5,8 @@
 //! parsed request and `now` (a `tokio::time::Instant`, so tests can pause time), and get
 //! back data or a typed error to render.
 //!
-//! What happens inside one company (counters, statuses, the deterministic Viber outcome
-//! rule) is in `company.rs`.
+//! What happens inside one company (counters, statuses) is in `company.rs`; how a
+//! message ends (the outcome rules, held here and applied at acceptance) in `outcome.rs`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,13 +19,15 @@ use super::faults::CapacityFlip;
 use super::model::{
     CampaignStatus, CampaignType, CampaignView, Channel, Id, MessageView, Template,
 };
+use super::outcome::{Rules, Tally};
 use super::phone::PhoneKey;
 use super::queue::Record;
 
 /// Field name → message, as in the seed's `validationErrors`.
 pub type Errors = BTreeMap<String, String>;
 
-/// All companies, keyed by API key, plus the id counters and the capacity limit.
+/// All companies, keyed by API key, plus the id counters, the capacity limit and the
+/// outcome rules.
 #[derive(Debug)]
 pub struct State {
     companies: HashMap<String, Company>,
@@ -34,6 +36,8 @@ pub struct State {
     max_pending: u64,
     /// While it says full, every send is refused as if every company were at `max_pending`.
     flip: Option<CapacityFlip>,
+    /// How messages accepted from now on will end.
+    rules: Rules,
 }
 
 /// A campaign to create, from a validated `POST /api/v1/campaigns` body.
@@ -67,7 +71,8 @@ pub struct Accepted {
 // === impl State ===
 
 impl State {
-    /// One company per key in `api_keys`, each with an empty queue draining at `drain_rate`.
+    /// One company per key in `api_keys`, each with an empty queue draining at `drain_rate`;
+    /// the default outcome rules.
     pub fn new(api_keys: &[String], max_pending: u64, drain_rate: f64, now: Instant) -> Self {
         let companies = api_keys
             .iter()
@@ -80,7 +85,23 @@ impl State {
             next_campaign: 1,
             max_pending,
             flip: None,
+            rules: Rules::default(),
         }
+    }
+
+    /// Changes the outcome rules for messages accepted from now on.
+    pub fn rules_mut(&mut self) -> &mut Rules {
+        &mut self.rules
+    }
+
+    /// Outcomes of every company's messages done as of `now`, summed.
+    pub fn outcomes(&mut self, now: Instant) -> Tally {
+        let mut sum = Tally::default();
+        for company in self.companies.values_mut() {
+            company.advance(now);
+            sum.add(&company.tally);
+        }
+        sum
     }
 
     /// True when `key` is exactly one of the configured keys.
@@ -229,7 +250,8 @@ impl State {
     /// [`check_send`](Self::check_send), then capacity (`pending + requested` must not
     /// exceed `max_pending`; during a full period of the capacity flips, nothing fits and
     /// the company counts as `max_pending` pending). `wall` is the wall-clock time the
-    /// messages list as their `createdAt`.
+    /// messages list as their `createdAt`. Each message's fate is decided here, by the
+    /// outcome rules in force.
     pub fn accept(
         &mut self,
         key: &str,
@@ -269,10 +291,19 @@ impl State {
         let (mut distinct_new, mut duplicates) = (0, 0);
         company.queue.reserve(phones.len());
         company.queue.start_batch(unix_ms(wall));
-        for &phone in phones {
+        let channel = campaign.view.channel;
+        for (i, &phone) in phones.iter().enumerate() {
+            let fate = self.rules.fate(
+                company.index,
+                first_seq + i,
+                channel,
+                campaign.sms_fallback,
+                phone,
+            );
             company.queue.push(Record {
                 phone,
                 campaign: id,
+                fate,
             });
             if campaign.seen.insert(phone) {
                 distinct_new += 1;

@@ -4,7 +4,9 @@
 //! simulator's own endpoint: no API key, not counted in the figures, not part of the
 //! provider's API) and returned by `Simulator::stats()` in-process. The recorder behind
 //! it keeps per-key notes on 429s so it can tell whether a client shrank its batches and
-//! honoured the retry hint.
+//! honoured the retry hint. The outcome counters (`delivered`, `failed`, …) are not
+//! recorded here: `Simulator::stats()` fills them from the world, brought up to date
+//! first, so they are the truth a client's view can be compared with.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -49,6 +51,18 @@ pub struct SimStats {
     pub delayed_answers: u64,
     /// Outages started (`Simulator::start_outage` or the control endpoint).
     pub outages: u64,
+    /// Messages Delivered so far (every company and channel, SMS fallback included): the
+    /// sum of the campaigns' `deliveredCount`.
+    pub delivered: u64,
+    /// Messages Failed so far: the sum of the campaigns' `failedCount`, and of
+    /// `failed_by_code`.
+    pub failed: u64,
+    /// Messages Failed so far by their `details.code` (8, 9, 10 for Viber, 1 for SMS);
+    /// codes with none are left out. Fallback deliveries are not failures: not here.
+    pub failed_by_code: BTreeMap<u16, u64>,
+    /// Viber messages delivered by SMS fallback so far: the sum of the campaigns'
+    /// `smsFallbackDeliveredCount`.
+    pub sms_fallback_delivered: u64,
 }
 
 /// Accumulates [`SimStats`] and the per-key 429 notes.

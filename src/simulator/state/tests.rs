@@ -7,6 +7,7 @@ use tokio::time::{advance, Instant};
 
 use super::*;
 use crate::simulator::model::{Details, MessageStatus};
+use crate::simulator::outcome::{Rules, Tally};
 
 const A: &str = "key-a";
 const B: &str = "key-b";
@@ -417,4 +418,138 @@ fn campaigns_need_an_owned_template_of_their_channel() {
     ));
     let view = s.create_campaign(A, draft(Channel::Sms)).unwrap();
     assert_eq!(view.status, CampaignStatus::Draft);
+}
+
+const BULK_VIBER: SendKind = SendKind {
+    bulk: true,
+    channel: Channel::Viber,
+};
+
+/// A started bulk Viber campaign of `key` from a new template with or without fallback.
+fn viber_campaign(s: &mut State, key: &str, name: &str, fallback: bool) -> Id {
+    let t = s
+        .create_template(key, template(name, Channel::Viber, fallback), Errors::new())
+        .unwrap();
+    started_with(s, key, CampaignType::Bulk, Channel::Viber, Some(t.id))
+}
+
+/// Sums what the messages query shows for every phone in `to`, campaign `id`:
+/// `(delivered, failed, via fallback, failed by code)`.
+fn summed(s: &mut State, key: &str, id: Id, to: &[PhoneKey]) -> (u64, u64, u64, Vec<u16>) {
+    let (mut delivered, mut failed, mut fallback, mut codes) = (0, 0, 0, Vec::new());
+    for &phone in to {
+        for m in s.messages(key, phone, Some(id), Instant::now()).unwrap() {
+            match m.status {
+                MessageStatus::Delivered => delivered += 1,
+                MessageStatus::Failed => failed += 1,
+                other => panic!("{other:?}: not done"),
+            }
+            if m.delivered_via_sms_fallback == Some(true) {
+                fallback += 1;
+                assert_eq!(m.status, MessageStatus::Delivered);
+            }
+            if let Some(d) = m.details {
+                codes.push(d.code);
+            }
+        }
+    }
+    (delivered, failed, fallback, codes)
+}
+
+#[tokio::test(start_paused = true)]
+async fn drawn_outcomes_agree_between_counters_query_and_tally() {
+    let mut s = world(10_000, 1000.0);
+    *s.rules_mut() = Rules {
+        viber_fail_rate: Some(0.4),
+        sms_fallback_rate: 0.5,
+        sms_fail_rate: 0.2,
+        ..Rules::default()
+    };
+    let fb = viber_campaign(&mut s, A, "fb", true);
+    let plain = viber_campaign(&mut s, A, "plain", false);
+    let sms = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
+    let to = phones(300);
+    for id in [fb, plain] {
+        s.accept(A, id, BULK_VIBER, &to, Instant::now(), wall())
+            .unwrap();
+    }
+    s.accept(A, sms, BULK_SMS, &to, Instant::now(), wall())
+        .unwrap();
+    advance(Duration::from_secs(2)).await;
+
+    let mut total = Tally::default();
+    for id in [fb, plain, sms] {
+        let view = s.campaign(A, id, Instant::now()).unwrap();
+        let (delivered, failed, fallback, codes) = summed(&mut s, A, id, &to);
+        assert_eq!(view.sent_count, 300);
+        assert_eq!(view.delivered_count, delivered, "campaign {id}");
+        assert_eq!(view.failed_count, failed, "campaign {id}");
+        assert_eq!(view.sms_fallback_delivered_count, fallback, "campaign {id}");
+        assert!(failed > 0, "campaign {id}: some fail at these rates");
+        assert_eq!(codes.len() as u64, failed + fallback, "a reason for each");
+        total.delivered += delivered;
+        total.sms_fallback_delivered += fallback;
+        let allowed: &[u16] = if id == sms { &[1] } else { &[8, 9, 10] };
+        assert!(codes.iter().all(|c| allowed.contains(c)), "{codes:?}");
+    }
+    let plain_view = s.campaign(A, plain, Instant::now()).unwrap();
+    assert_eq!(plain_view.sms_fallback_delivered_count, 0);
+    let fb_view = s.campaign(A, fb, Instant::now()).unwrap();
+    assert!(fb_view.sms_fallback_delivered_count > 0);
+
+    let tally = s.outcomes(Instant::now());
+    assert_eq!(tally.delivered, total.delivered);
+    assert_eq!(tally.sms_fallback_delivered, total.sms_fallback_delivered);
+    let failed: u64 = tally.failed_by_code().values().sum();
+    assert_eq!(tally.delivered + failed, 900);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outcome_rules_apply_from_the_next_acceptance_and_stay_with_the_message() {
+    let mut s = world(10_000, 1000.0);
+    let id = viber_campaign(&mut s, A, "plain", false);
+    let to = phones(100); // none ends in 9
+    s.rules_mut().viber_fail_rate = Some(1.0);
+    s.accept(A, id, BULK_VIBER, &to, Instant::now(), wall())
+        .unwrap();
+    s.rules_mut().viber_fail_rate = Some(0.0);
+    s.accept(A, id, BULK_VIBER, &to, Instant::now(), wall())
+        .unwrap();
+    assert_eq!(
+        s.outcomes(Instant::now()),
+        Tally::default(),
+        "nothing is done yet"
+    );
+    s.rules_mut().viber_fail_rate = None;
+    advance(Duration::from_secs(1)).await;
+
+    let view = s.campaign(A, id, Instant::now()).unwrap();
+    assert_eq!((view.delivered_count, view.failed_count), (100, 100));
+    for &phone in &to {
+        let list = s.messages(A, phone, Some(id), Instant::now()).unwrap();
+        let statuses: Vec<_> = list.iter().map(|m| m.status).collect();
+        assert_eq!(statuses, [MessageStatus::Failed, MessageStatus::Delivered]);
+    }
+    let tally = s.outcomes(Instant::now());
+    assert_eq!(tally.delivered, 100);
+    assert_eq!(tally.failed_by_code().values().sum::<u64>(), 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sms_failures_show_the_simulators_code_and_no_fallback_field() {
+    let mut s = world(1000, 1000.0);
+    s.rules_mut().sms_fail_rate = 1.0;
+    let id = started(&mut s, A, CampaignType::Bulk, Channel::Sms);
+    let to = phones(3);
+    s.accept(A, id, BULK_SMS, &to, Instant::now(), wall())
+        .unwrap();
+    advance(Duration::from_secs(1)).await;
+    let m = &s.messages(A, to[1], None, Instant::now()).unwrap()[0];
+    assert_eq!(m.status, MessageStatus::Failed);
+    assert_eq!(m.details, Some(Details::SMS_UNDELIVERABLE));
+    assert_eq!(m.delivered_via_sms_fallback, None);
+    let view = s.campaign(A, id, Instant::now()).unwrap();
+    assert_eq!((view.delivered_count, view.failed_count), (0, 3));
+    let tally = s.outcomes(Instant::now());
+    assert_eq!(tally.failed_by_code(), BTreeMap::from([(1, 3)]));
 }
