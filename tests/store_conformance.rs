@@ -798,6 +798,62 @@ async fn one_instance_probes_a_key_for_the_cluster() {
     );
 }
 
+/// One instance at a time holds an owner's bulk turn; it passes on when ended, when its
+/// holder's lease runs out, and never while the owner's key cools down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_at_a_time_sends_an_owners_bulk_parts() {
+    use sluice::queue::store::pg::BulkTurn;
+    let cluster = PgCluster::start();
+    let url = cluster.database();
+    let a = Store::open_postgres(&pg_options(&url)).await.unwrap();
+    let b = Store::open_postgres(&pg_options(&url)).await.unwrap();
+    a.insert_job(single(&id(1), ALICE, T0)).await.unwrap();
+    let owner = owner_no(&a, ALICE).await;
+    let (pa, pb) = (a.cluster().unwrap(), b.cluster().unwrap());
+    assert_eq!(
+        pa.take_bulk_turn(owner, T0, T0 + 10_000).await.unwrap(),
+        BulkTurn::Mine
+    );
+    assert_eq!(
+        pb.take_bulk_turn(owner, T0 + 1, T0 + 10_001).await.unwrap(),
+        BulkTurn::Held(T0 + 10_000)
+    );
+    pb.end_bulk_turn(owner).await.unwrap(); // not b's: changes nothing
+    assert_eq!(
+        pb.take_bulk_turn(owner, T0 + 2, T0 + 10_002).await.unwrap(),
+        BulkTurn::Held(T0 + 10_000)
+    );
+    pa.end_bulk_turn(owner).await.unwrap();
+    assert_eq!(
+        pb.take_bulk_turn(owner, T0 + 3, T0 + 10_003).await.unwrap(),
+        BulkTurn::Mine
+    );
+    // b vanishes: its turn expires with its lease.
+    assert_eq!(
+        pa.take_bulk_turn(owner, T0 + 10_004, T0 + 20_004)
+            .await
+            .unwrap(),
+        BulkTurn::Mine
+    );
+    pa.end_bulk_turn(owner).await.unwrap();
+    a.save_key(KeyRecord {
+        key: ALICE.into(),
+        cooling_until: Some(T0 + 30_000),
+        max_allowed: None,
+        available: None,
+        last_429: None,
+        updated_at: T0,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        pb.take_bulk_turn(owner, T0 + 20_000, T0 + 30_000)
+            .await
+            .unwrap(),
+        BulkTurn::Cooling(T0 + 30_000)
+    );
+}
+
 /// With the database gone, calls fail with a database error and the store says it is not
 /// writable; once it is back, the same store works again without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,9 @@
 //!   [`Core::cluster_probe`] wins the store's probe goes; the others wait for its result
 //!   (announced when it is not refused, [`Core::permit_succeeded`]);
 //! - **room split, not multiplied**: a send that fits in the room a 429 reported also
-//!   takes it from the store ([`Core::take_room`]), so N instances share it;
+//!   takes it from the store ([`Core::take_room`]), so N instances share it; and an
+//!   owner's bulk parts go one at a time across the cluster ([`Core::bulk_turn`]), each
+//!   learning from the answer to the one before, as they do in one instance;
 //! - **news**: new work wakes the scheduler for its owner, a finished part wakes the
 //!   clients waiting for its job on this instance;
 //! - **leases**: renewed every third of their length while the instance lives (with the
@@ -23,7 +25,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::shared::Core;
-use super::store::pg::{Heard, Notice, Postgres};
+use super::store::pg::{BulkTurn, Heard, Notice, Postgres};
 use crate::apikey::KeyId;
 use crate::clock::now_ms;
 use crate::retry::Permit;
@@ -66,6 +68,47 @@ impl Core {
             Ok(None) | Err(_) => {
                 self.deferred.remove(key);
                 Some(permit)
+            }
+        }
+    }
+
+    /// Waits for the owner's bulk turn (in a cluster; at once otherwise): true when it is
+    /// this instance's, false when the key cooled down again meanwhile (the caller waits
+    /// for that, then asks again). A database error lets the part go: the store's next
+    /// step fails and is tried again anyway.
+    pub(super) async fn bulk_turn(&self, owner_no: i64, key: &KeyId) -> bool {
+        let Some(c) = self.store.cluster() else {
+            return true;
+        };
+        let lease = millis(self.settings.lease);
+        loop {
+            let ended = self.turns.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let now = now_ms();
+            match c.take_bulk_turn(owner_no, now, now + lease).await {
+                Ok(BulkTurn::Mine) | Err(_) => return true,
+                Ok(BulkTurn::Held(until)) => {
+                    let wait = Duration::from_millis((until - now).clamp(1, lease) as u64);
+                    tokio::select! {
+                        () = &mut ended => {}
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Ok(BulkTurn::Cooling(until)) => {
+                    let wait = Duration::from_millis((until - now).max(1) as u64);
+                    self.keys.cooldowns.on_rate_limited(key, wait);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Ends this instance's bulk turn of the owner, if it held it.
+    pub(super) async fn end_bulk_turn(&self, owner_no: i64) {
+        if let Some(c) = self.store.cluster() {
+            if let Err(e) = c.end_bulk_turn(owner_no).await {
+                tracing::warn!(error = %e, "cannot end the bulk turn; it expires with the lease");
             }
         }
     }
@@ -119,7 +162,10 @@ async fn apply(core: &Core, c: &Postgres, heard: Heard) {
         core.metrics.store.notify_lag.observe(lag as f64 / 1000.0);
     }
     match heard.notice {
-        Notice::Work(owner) => core.wake(&owner, 0),
+        Notice::Work(owner) => {
+            core.turns.notify_waiters();
+            core.wake(&owner, 0);
+        }
         Notice::Job(job) => core.notify(&job),
         Notice::Key(full) => {
             let Some(id) = KeyId::from_full(&full) else {

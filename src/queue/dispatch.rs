@@ -51,8 +51,13 @@ impl Core {
     /// One part's turn. A store error leaves the part where it was on disk; the turn is
     /// tried again a second later (the part stays in memory meanwhile).
     pub(super) async fn run(self: Arc<Self>, part: Dispatchable) {
+        let bulk = self.route(&part.route).kind == RouteKind::Bulk;
         loop {
-            match self.attempt(part.clone()).await {
+            let result = self.attempt(part.clone()).await;
+            if bulk {
+                self.end_bulk_turn(part.owner_no).await;
+            }
+            match result {
                 Ok(()) => return,
                 // Cancelled (or finished) meanwhile: nothing more to send for this part;
                 // the cancel took it out of the backlog.
@@ -104,14 +109,21 @@ impl Core {
         // During a cooldown, a send that fits in the room the API's last 429 reported goes
         // at once (the API said it would take it); the rest wait for the cooldown's probe.
         let permit = loop {
-            if self.take_room(&key_id, n).await {
-                break None;
-            }
-            let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);
-            let permit = self.keys.cooldowns.acquire(&key_id).await;
-            // In a cluster, one instance probes a key whose cooldown ended.
-            if let Some(permit) = self.cluster_probe(permit, &key_id).await {
-                break Some(permit);
+            let permit = if self.take_room(&key_id, n).await {
+                None
+            } else {
+                let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);
+                let permit = self.keys.cooldowns.acquire(&key_id).await;
+                // In a cluster, one instance probes a key whose cooldown ended.
+                match self.cluster_probe(permit, &key_id).await {
+                    Some(permit) => Some(permit),
+                    None => continue,
+                }
+            };
+            // In a cluster, one instance at a time sends an owner's bulk parts; a part
+            // whose turn came after the key cooled down again waits for that.
+            if route.kind != RouteKind::Bulk || self.bulk_turn(part.owner_no, &key_id).await {
+                break permit;
             }
         };
         // A 429 seen while this part waited may have taught a smaller maxAllowed.

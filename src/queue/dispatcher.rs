@@ -80,6 +80,7 @@ impl Dispatcher {
             in_memory: std::sync::atomic::AtomicUsize::new(0),
             backlog: Backlog::default(),
             deferred: DashMap::new(),
+            turns: Notify::new(),
         });
         let allowance = Allowance {
             per_key: inner.settings.concurrency,

@@ -75,6 +75,8 @@ pub(super) struct Core {
     /// Keys whose cooldown is over but whose cluster probe another instance sends: their
     /// gate opens when its result is heard (see `cluster`).
     pub(super) deferred: DashMap<KeyId, ()>,
+    /// Woken by every piece of news of new work (a bulk turn ended on another instance).
+    pub(super) turns: Notify,
 }
 
 // === impl Core ===

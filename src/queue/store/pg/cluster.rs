@@ -10,34 +10,129 @@ use super::writes::notify;
 use super::{pg_error, Postgres};
 use crate::queue::store::{Dispatchable, KeyRecord, StoreError};
 
+/// The answer to [`Postgres::take_bulk_turn`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkTurn {
+    /// This instance may send the owner's next bulk part (until the turn is ended).
+    Mine,
+    /// Another instance is sending one, at the latest until this time (unix ms).
+    Held(i64),
+    /// The owner's key cools down until this time (a turn's part was refused).
+    Cooling(i64),
+}
+
 // === impl Postgres ===
 
 impl Postgres {
     /// Extends the lease of every part this instance holds.
     pub async fn renew_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let (me, until) = (self.instance, now_ms + self.lease_ms);
         let c = self.client().await?;
-        let n = c
-            .execute(
-                "UPDATE parts SET lease_until = $2 WHERE lease_owner = $1
-                   AND state IN ('queued', 'in_flight')",
-                &[&self.instance, &(now_ms + self.lease_ms)],
+        let n = async {
+            let n = c
+                .execute(
+                    "UPDATE parts SET lease_until = $2 WHERE lease_owner = $1
+                       AND state IN ('queued', 'in_flight')",
+                    &[&me, &until],
+                )
+                .await?;
+            c.execute(
+                "UPDATE owners SET bulk_until = $2 WHERE bulk_owner = $1",
+                &[&me, &until],
             )
-            .await
-            .map_err(pg_error);
+            .await?;
+            Ok(n)
+        }
+        .await
+        .map_err(pg_error);
         self.note(n)
+    }
+
+    /// Takes the owner's bulk turn until `until`, unless another instance holds it or the
+    /// owner's key is cooling down for the cluster.
+    pub async fn take_bulk_turn(
+        &self,
+        owner_no: i64,
+        now: i64,
+        until: i64,
+    ) -> Result<BulkTurn, StoreError> {
+        let me = self.instance;
+        self.write(move |tx| {
+            Box::pin(async move {
+                let row = tx
+                    .query_opt(
+                        "SELECT o.bulk_owner, o.bulk_until, k.cooling_until FROM owners o
+                         LEFT JOIN key_state k ON k.key = o.key WHERE o.no = $1 FOR UPDATE OF o",
+                        &[&owner_no],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                let Some(row) = row else {
+                    return Ok(BulkTurn::Mine);
+                };
+                let (owner, held, cooling): (Option<i64>, Option<i64>, Option<i64>) =
+                    (row.get(0), row.get(1), row.get(2));
+                if let Some(held) = held.filter(|&h| h > now && owner.is_some_and(|o| o != me)) {
+                    return Ok(BulkTurn::Held(held));
+                }
+                if let Some(cooling) = cooling.filter(|&c| c > now) {
+                    return Ok(BulkTurn::Cooling(cooling));
+                }
+                tx.execute(
+                    "UPDATE owners SET bulk_owner = $2, bulk_until = $3 WHERE no = $1",
+                    &[&owner_no, &me, &until],
+                )
+                .await
+                .map_err(pg_error)?;
+                Ok(BulkTurn::Mine)
+            })
+        })
+        .await
+    }
+
+    /// Ends this instance's bulk turn of the owner (if it holds it) and tells the others.
+    pub async fn end_bulk_turn(&self, owner_no: i64) -> Result<(), StoreError> {
+        let me = self.instance;
+        self.write(move |tx| {
+            Box::pin(async move {
+                let row = tx
+                    .query_opt(
+                        "UPDATE owners SET bulk_owner = NULL, bulk_until = NULL
+                         WHERE no = $1 AND bulk_owner = $2 RETURNING key",
+                        &[&owner_no, &me],
+                    )
+                    .await
+                    .map_err(pg_error)?;
+                match row {
+                    Some(row) => notify(tx, "sluice_work", &row.get::<_, String>(0)).await,
+                    None => Ok(()),
+                }
+            })
+        })
+        .await
     }
 
     /// Gives up every lease this instance holds (at shutdown), so that the others take its
     /// parts at once instead of after the lease expires.
     pub async fn release_leases(&self) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        let n = c
-            .execute(
-                "UPDATE parts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+        let n = async {
+            let n = c
+                .execute(
+                    "UPDATE parts SET lease_owner = NULL, lease_until = NULL
+                     WHERE lease_owner = $1",
+                    &[&self.instance],
+                )
+                .await?;
+            c.execute(
+                "UPDATE owners SET bulk_owner = NULL, bulk_until = NULL WHERE bulk_owner = $1",
                 &[&self.instance],
             )
-            .await
-            .map_err(pg_error);
+            .await?;
+            Ok(n)
+        }
+        .await
+        .map_err(pg_error);
         self.note(n)
     }
 

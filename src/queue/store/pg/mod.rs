@@ -25,6 +25,8 @@ mod reads;
 mod schema;
 mod writes;
 
+pub use cluster::BulkTurn;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +86,9 @@ pub struct PgOptions {
     pub lease: Duration,
 }
 
+/// Longest wait for a connection: made, recycled, or free in the pool.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Maps a driver error to the store's.
 pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     use std::error::Error as _;
@@ -98,10 +103,15 @@ pub(super) fn pg_error(e: tokio_postgres::Error) -> StoreError {
 impl Postgres {
     /// Connects (pool of `pool_size`), and creates or migrates the schema.
     pub async fn open(options: &PgOptions) -> Result<Postgres, StoreError> {
-        let config: tokio_postgres::Config = options
+        let mut config: tokio_postgres::Config = options
             .url
             .parse()
             .map_err(|e: tokio_postgres::Error| StoreError::Invalid(format!("store.url: {e}")))?;
+        // A database that does not answer fails a call in seconds (the send gets a 503),
+        // not after the system's TCP timeout.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let tls = match config.get_ssl_mode() {
             SslMode::Disable => Tls::None,
             _ => Tls::Rustls(rustls_connector()?),
@@ -115,6 +125,10 @@ impl Postgres {
         };
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(2))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Invalid(format!("the database pool: {e}")))?;
         let store = Postgres {

@@ -5,7 +5,9 @@
 //! mirror the SQLite store's, with the additions a cluster needs: `parts.lease_owner` and
 //! `lease_until` (an instance holds a part only while it renews its lease; a killed
 //! instance's parts are taken by others once the lease expires) and the cluster probe of a
-//! key in `key_state` (after a cooldown, one instance of the cluster sends the probe).
+//! key in `key_state` (after a cooldown, one instance of the cluster sends the probe);
+//! version 2 adds the bulk turn of an owner (`owners.bulk_owner`, `bulk_until`: one
+//! instance at a time sends an owner's bulk parts, each learning from the answer before).
 
 use tokio_postgres::Client;
 
@@ -13,7 +15,8 @@ use super::pg_error;
 use crate::queue::store::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE IF NOT EXISTS jobs (
     no           BIGSERIAL PRIMARY KEY,
     id           TEXT NOT NULL UNIQUE,
@@ -107,7 +110,13 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (owner, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
-"];
+",
+    "
+-- 2: the bulk turn of an owner: one instance of the cluster sends its bulk parts at a time.
+ALTER TABLE owners ADD COLUMN IF NOT EXISTS bulk_owner BIGINT;
+ALTER TABLE owners ADD COLUMN IF NOT EXISTS bulk_until BIGINT;
+",
+];
 
 /// Brings the schema up to date (see the module documentation).
 pub(super) async fn migrate(client: &mut Client) -> Result<(), StoreError> {
