@@ -88,6 +88,7 @@ async fn a_killed_instances_job_is_finished_by_the_others() {
     .await;
     a.child.kill().expect("SIGKILL");
     a.child.wait().expect("reaped");
+    let killed = tokio::time::Instant::now();
     let before = sim.sim.stats().recipients_accepted;
     assert!(
         before < N,
@@ -124,7 +125,10 @@ async fn a_killed_instances_job_is_finished_by_the_others() {
     let stats = sim.sim.stats();
     let takeovers = metric(&b, "sluice_store_lease_takeovers_total").await
         + metric(&c, "sluice_store_lease_takeovers_total").await;
-    println!("one of three killed: {stats:?}; parts taken over: {takeovers}");
+    println!(
+        "one of three killed: finished {:?} after the kill; parts taken over: {takeovers}; {stats:?}",
+        killed.elapsed()
+    );
     assert_eq!(finished["delivered"], N);
     assert_eq!(
         stats.distinct_recipients, N,
@@ -268,6 +272,10 @@ async fn a_database_outage_refuses_sends_and_passes_the_rest_through() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    println!(
+        "database back: sends accepted again after {:?}",
+        start.elapsed()
+    );
     let (status, _, _) = send(Method::GET, &a.admin_url("/readyz"), &[], "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(

@@ -82,6 +82,7 @@ const DEFAULT_GRACE_MS: u64 = 10_000;
 fn every_yaml_file_parses() {
     for file in [
         "deploy/kubernetes/sidecar.yaml",
+        "deploy/kubernetes/cluster.yaml",
         "deploy/compose/compose.yaml",
         "deploy/compose/prometheus.yml",
         "deploy/compose/grafana/provisioning/datasources/prometheus.yml",
@@ -229,8 +230,15 @@ fn systemd_unit_outlasts_the_grace_and_its_config_checks_out() {
 
 // === Kubernetes ===
 
-fn sidecar() -> (Value, Value, u64) {
-    let docs = yaml_docs("deploy/kubernetes/sidecar.yaml");
+/// The two Kubernetes examples: one pod with its queue on a volume, and a cluster of pods
+/// sharing a queue in PostgreSQL.
+const KUBERNETES: [&str; 2] = [
+    "deploy/kubernetes/sidecar.yaml",
+    "deploy/kubernetes/cluster.yaml",
+];
+
+fn sidecar(file: &str) -> (Value, Value, u64) {
+    let docs = yaml_docs(file);
     let kind = |k: &str| {
         docs.iter()
             .find(|d| d["kind"] == k)
@@ -255,7 +263,13 @@ fn sidecar() -> (Value, Value, u64) {
 /// kubelet and Prometheus, while the main listener stays on the pod's loopback.
 #[test]
 fn sidecar_probes_use_the_admin_port() {
-    let (_, sluice, _) = sidecar();
+    for file in KUBERNETES {
+        sidecar_probes_use_the_admin_port_in(file);
+    }
+}
+
+fn sidecar_probes_use_the_admin_port_in(file: &str) {
+    let (_, sluice, _) = sidecar(file);
     assert_eq!(sluice["restartPolicy"], "Always", "not a native sidecar");
     let env = |name: &str| {
         sluice["env"]
@@ -296,12 +310,55 @@ fn sidecar_probes_use_the_admin_port() {
 /// The pod's termination grace covers sluice's shutdown grace.
 #[test]
 fn sidecar_termination_grace_covers_the_shutdown_grace() {
-    let (pod, _, grace) = sidecar();
-    let seconds = pod["terminationGracePeriodSeconds"]
-        .as_u64()
-        .expect("terminationGracePeriodSeconds");
+    for file in KUBERNETES {
+        let (pod, _, grace) = sidecar(file);
+        let seconds = pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("terminationGracePeriodSeconds");
+        assert!(
+            seconds * 1000 > grace,
+            "{file}: terminationGracePeriodSeconds {seconds} is not above shutdown_grace_ms {grace}"
+        );
+    }
+}
+
+/// The cluster example scales out on one PostgreSQL queue: several replicas, the store's
+/// URL from a Secret (never a flag or the ConfigMap), its ConfigMap a config sluice
+/// accepts, and no volume that would tie a pod's queue to it.
+#[test]
+fn cluster_example_shares_one_postgresql_queue() {
+    let file = "deploy/kubernetes/cluster.yaml";
+    let docs = yaml_docs(file);
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() > 1);
     assert!(
-        seconds * 1000 > grace,
-        "terminationGracePeriodSeconds {seconds} is not above shutdown_grace_ms {grace}"
+        docs.iter().all(|d| d["kind"] != "PersistentVolumeClaim"),
+        "the queue is in PostgreSQL"
     );
+    let (pod, sluice, _) = sidecar(file);
+    let url = sluice["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "SLUICE_STORE_URL")
+        .expect("SLUICE_STORE_URL");
+    assert_eq!(url["valueFrom"]["secretKeyRef"]["key"], "url");
+    let data = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "sluice-data")
+        .unwrap();
+    assert!(data["emptyDir"].is_object(), "{data:?}");
+    let config = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let toml = config["data"]["sluice.toml"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{}", text(&out));
 }
