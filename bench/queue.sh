@@ -170,6 +170,7 @@ start_pg() {
   pgdir="$WORK/pg"
   mkdir -p "$pgdir"
   if [ "$(id -u)" = 0 ]; then
+    chmod o+x "$WORK"
     chown postgres:postgres "$pgdir"
     as_pg=(setpriv --reuid=postgres --regid=postgres --clear-groups --)
   fi
