@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::middleware::from_fn_with_state;
 use axum::Router;
 use http::Response;
 use tokio::net::TcpListener;
@@ -153,7 +152,7 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
             max_body: s.max_body_bytes,
         })
         .merge(jobs_api::router(queue.clone()))
-        .layer(from_fn_with_state(metrics.clone(), request_id::layer));
+        .layer(request_id::RequestIdLayer::new(metrics.clone()));
     let main = layers::front(
         main,
         Limits {

@@ -10,7 +10,7 @@
 //!    average is cut off ([`Paced`]); readers turn that into a 408.
 //!
 //! Request ids, the access log and client metrics are the next layer in
-//! ([`crate::request_id::layer`]); connection limits are the server's ([`crate::server`]).
+//! ([`crate::request_id::RequestIdLayer`]); connection limits are the server's ([`crate::server`]).
 
 use std::any::Any;
 use std::future::Future;
