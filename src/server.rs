@@ -70,8 +70,6 @@ struct Conns {
 struct Conn {
     id: u64,
     state: Mutex<ConnState>,
-    /// Woken when `state` changes (a request began or ended).
-    changed: Notify,
     /// Cancelled to ask the connection to finish what it is doing and close.
     close: CancellationToken,
 }
@@ -218,36 +216,40 @@ async fn connection(
     };
     let mut http = pin!(builder.serve_connection(TokioIo::new(stream), service));
     let mut closing = false;
+    // One timer for the connection's life, looked at only when it fires (not at every
+    // request): idle, it closes the connection once `idle_timeout` has passed since its
+    // last request ended, or waits for that moment; busy, it looks again a timeout later.
+    let next_look = |conn: &Conn| {
+        conn.idle_deadline(opts.idle_timeout)
+            .unwrap_or_else(|| Instant::now() + opts.idle_timeout)
+    };
+    let mut idle = pin!(tokio::time::sleep_until(next_look(&conn)));
+    let mut evicted = pin!(conn.close.cancelled());
+    let mut stopping = pin!(shutdown.cancelled());
+    let mut dropped = pin!(hard_stop.cancelled());
     loop {
-        let idle_deadline = conn.idle_deadline(opts.idle_timeout);
-        let changed = conn.changed.notified();
         tokio::select! {
+            biased;
             result = http.as_mut() => return result,
-            () = changed => {}
-            () = sleep_until(idle_deadline), if !closing && idle_deadline.is_some() => {
+            () = idle.as_mut(), if !closing => {
                 if conn.idle_for() >= Some(opts.idle_timeout) {
                     observed.closed(Closed::Idle);
                     http.as_mut().graceful_shutdown();
                     closing = true;
+                } else {
+                    idle.as_mut().reset(next_look(&conn));
                 }
             }
-            _ = conn.close.cancelled(), if !closing => {
+            () = evicted.as_mut(), if !closing => {
                 http.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = shutdown.cancelled(), if !closing => {
+            () = stopping.as_mut(), if !closing => {
                 http.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = hard_stop.cancelled() => return Ok(()),
+            () = dropped.as_mut() => return Ok(()),
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -286,7 +288,6 @@ impl Conns {
                 busy: 0,
                 idle_since: Instant::now(),
             }),
-            changed: Notify::new(),
             close: CancellationToken::new(),
         });
         self.lock().insert(id, Arc::clone(&conn));
@@ -351,16 +352,12 @@ impl Conn {
 
     fn begin(&self) {
         self.state().busy += 1;
-        self.changed.notify_waiters();
     }
 
     fn end(&self) {
-        {
-            let mut s = self.state();
-            s.busy = s.busy.saturating_sub(1);
-            s.idle_since = Instant::now();
-        }
-        self.changed.notify_waiters();
+        let mut s = self.state();
+        s.busy = s.busy.saturating_sub(1);
+        s.idle_since = Instant::now();
     }
 }
 
