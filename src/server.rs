@@ -23,7 +23,9 @@ use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Router;
+use std::convert::Infallible;
+
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -81,10 +83,41 @@ struct ConnState {
     idle_since: Instant,
 }
 
-/// The router as hyper calls it, counting the requests in flight on its connection.
-struct Tracked {
-    inner: TowerToHyperService<Router>,
+/// The service as hyper calls it, counting the requests in flight on its connection.
+struct Tracked<S> {
+    inner: TowerToHyperService<S>,
     conn: Arc<Conn>,
+}
+
+/// What a listener can serve: a router, or one inside layers ([`crate::layers::front`]).
+pub trait Serve:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = http::Response<Self::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    type Body: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+}
+
+impl<S, B> Serve for S
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Body = B;
 }
 
 /// Ends a request's "in flight" however its future ends.
@@ -101,9 +134,9 @@ enum Closed {
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains. Connection
 /// tasks are spawned on `tracker`.
-pub async fn serve(
+pub async fn serve<S: Serve>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     opts: ServeOptions,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -187,9 +220,9 @@ pub async fn serve(
 /// Serves one connection: its first byte, then HTTP until it ends, is idle too long, is
 /// asked to close (evicted, shutdown) or dropped (grace over).
 #[allow(clippy::too_many_arguments)]
-async fn connection(
+async fn connection<S: Serve>(
     stream: TcpStream,
-    router: Router,
+    router: S,
     builder: auto::Builder<TokioExecutor>,
     conn: Arc<Conn>,
     opts: ServeOptions,
@@ -369,14 +402,10 @@ impl Drop for Busy {
 
 // === impl Tracked ===
 
-type Inner = TowerToHyperService<Router>;
-type Resp = <Inner as hyper::service::Service<http::Request<Incoming>>>::Response;
-type Fail = <Inner as hyper::service::Service<http::Request<Incoming>>>::Error;
-
-impl hyper::service::Service<http::Request<Incoming>> for Tracked {
-    type Response = Resp;
-    type Error = Fail;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, Fail>> + Send>>;
+impl<S: Serve> hyper::service::Service<http::Request<Incoming>> for Tracked<S> {
+    type Response = http::Response<S::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         self.conn.begin();
