@@ -245,7 +245,11 @@ for port in $SLUICE_PORT $SLUICE_ADMIN $UPSTREAM_PORT $NGINX_PROXY_PORT $SIM_POR
 done
 
 log "building (release)"
-cargo build --release --locked --bin sluice --example naive_client --example split_mem
+# Only what the sections asked for need: the examples are for sections 1 and 4.
+BUILD=(--bin sluice)
+if section 1; then BUILD+=(--example split_mem); fi
+if section 4; then BUILD+=(--example naive_client); fi
+cargo build --release --locked "${BUILD[@]}"
 SLUICE="$TARGET_DIR/release/sluice"
 EXAMPLES="$TARGET_DIR/release/examples"
 

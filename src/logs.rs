@@ -9,11 +9,17 @@
 //!
 //! The JSON line is written straight from the event's fields into one buffer (no JSON tree
 //! is built per line): this runs twice per proxied request, so it is on the hot path.
+//! Lines reach stdout through a spool ([`Spool`]): the thread that logs copies its line
+//! into a shared buffer and goes on; one writer thread writes what has gathered, many
+//! lines to a system call under load. [`flush`] waits for the spool to be written out.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, Once, PoisonError};
+use std::time::Duration;
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -22,6 +28,7 @@ use tracing_subscriber::field::RecordFields;
 #[cfg(test)]
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -48,19 +55,175 @@ pub fn init(format: LogFormat, level: &str) -> Handle {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
     let registry = tracing_subscriber::registry().with(filter);
+    SPOOL.start();
     match format {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .fmt_fields(FlatFields)
-                    .event_format(FlatJson),
+                    .event_format(FlatJson)
+                    .with_writer(&SPOOL),
             )
             .init(),
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stdout().is_terminal())
+                    .with_writer(&SPOOL),
+            )
             .init(),
     }
     handle
+}
+
+/// Waits (a few seconds at most) until every line logged so far is written to stdout; for
+/// the end of the process, whose exit would drop what the spool still holds.
+pub fn flush() {
+    SPOOL.flush(Duration::from_secs(5));
+}
+
+/// Lines on their way to stdout (see the module documentation). A logging thread waits only
+/// when [`MAX_SPOOLED`] bytes are already waiting, as it would for a slow stdout anyway.
+pub struct Spool {
+    pending: Mutex<Pending>,
+    /// Wakes the writer thread when lines arrive.
+    arrived: Condvar,
+    /// Wakes those waiting for room or for everything to be written.
+    written: Condvar,
+    writer: Once,
+    /// No writer thread: lines go straight to stdout.
+    direct: AtomicBool,
+}
+
+struct Pending {
+    lines: Vec<u8>,
+    /// The writer thread is writing a batch.
+    writing: bool,
+}
+
+/// Most bytes spooled before logging threads wait for the writer.
+const MAX_SPOOLED: usize = 4 << 20;
+/// How long the writer lets lines gather once woken, unless this many bytes already wait.
+const GATHER: Duration = Duration::from_millis(5);
+const GATHER_BYTES: usize = 64 << 10;
+
+static SPOOL: Spool = Spool {
+    pending: Mutex::new(Pending {
+        lines: Vec::new(),
+        writing: false,
+    }),
+    arrived: Condvar::new(),
+    written: Condvar::new(),
+    writer: Once::new(),
+    direct: AtomicBool::new(false),
+};
+
+/// What a logging thread writes its line to (once per line: the fmt layer writes a whole
+/// line with one `write_all`).
+pub struct SpoolWriter(&'static Spool);
+
+// === impl Spool ===
+
+impl Spool {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the writer thread (once).
+    fn start(&'static self) {
+        self.writer.call_once(|| {
+            let started = std::thread::Builder::new()
+                .name("sluice-log".into())
+                .spawn(move || self.write_out());
+            if let Err(e) = started {
+                eprintln!("sluice: cannot start the log writer ({e}); logging directly");
+                self.direct.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+
+    fn push(&self, line: &[u8]) {
+        let mut pending = self.lock();
+        while pending.lines.len() >= MAX_SPOOLED {
+            pending = self
+                .written
+                .wait(pending)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        // The writer sleeps only on an empty spool, so only the first line wakes it.
+        let was_empty = pending.lines.is_empty() && !pending.writing;
+        pending.lines.extend_from_slice(line);
+        drop(pending);
+        if was_empty {
+            self.arrived.notify_one();
+        }
+    }
+
+    /// The writer thread: takes what has gathered, writes it, and again.
+    fn write_out(&self) {
+        let mut batch = Vec::new();
+        loop {
+            let mut pending = self.lock();
+            pending.writing = false;
+            self.written.notify_all();
+            while pending.lines.is_empty() {
+                pending = self
+                    .arrived
+                    .wait(pending)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            // Woken by the first line after a quiet spell: let the lines logged meanwhile
+            // gather for a moment, so that under load one wake-up and one write carry
+            // hundreds of lines instead of one each.
+            if pending.lines.len() < GATHER_BYTES {
+                drop(pending);
+                std::thread::sleep(GATHER);
+                pending = self.lock();
+            }
+            std::mem::swap(&mut pending.lines, &mut batch);
+            pending.writing = true;
+            drop(pending);
+            self.written.notify_all();
+            let mut out = std::io::stdout().lock();
+            // Nowhere to report a failed log write; the lines are dropped like the
+            // direct writer's would be.
+            let _ = out.write_all(&batch).and_then(|()| out.flush());
+            drop(out);
+            if batch.capacity() > MAX_SPOOLED {
+                batch = Vec::new();
+            }
+            batch.clear();
+        }
+    }
+
+    fn flush(&self, at_most: Duration) {
+        let pending = self.lock();
+        let _ = self
+            .written
+            .wait_timeout_while(pending, at_most, |p| !p.lines.is_empty() || p.writing);
+    }
+}
+
+impl<'a> MakeWriter<'a> for &'static Spool {
+    type Writer = SpoolWriter;
+
+    fn make_writer(&'a self) -> SpoolWriter {
+        SpoolWriter(self)
+    }
+}
+
+impl std::io::Write for SpoolWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.direct.load(Ordering::Relaxed) {
+            return std::io::stdout().write(buf);
+        }
+        self.0.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One line being put together: every key and value (values already JSON) in `text`, the
