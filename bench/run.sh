@@ -9,8 +9,8 @@
 #   1. split and validate a 1,000,000-recipient body: `cargo bench --bench split`
 #      (criterion) and peak extra memory (`examples/split_mem.rs`);
 #   2. pass-through overhead: wrk against a static nginx upstream directly, through
-#      `sluice serve` (routes = [], so nothing is queued) and through nginx as a reverse
-#      proxy with keep-alive to the upstream;
+#      `sluice serve` (routes = [], so nothing is queued), through nginx as a reverse
+#      proxy with keep-alive to the upstream, and through HAProxy likewise;
 #   3. durable accept rate: single sends with `Prefer: respond-async`, synchronous=full
 #      and normal, against `sluice simulate`;
 #   4. drain efficiency: 500,000 recipients through sluice, and through a client that
@@ -19,9 +19,10 @@
 #
 # Every figure is the median of REPEATS runs with the min-max spread. Results go to
 # target/bench/results.md (raw outputs and logs beside it, in target/bench/raw/).
-# Everything listens on 127.0.0.1 only, on ports PORT_BASE..PORT_BASE+6 (default
+# Everything listens on 127.0.0.1 only, on ports PORT_BASE..PORT_BASE+7 (default
 # 28080), which must be free. Every process this script starts is stopped on exit.
-# Needs root (or sudo) only to install missing Debian packages: wrk, nginx, jq, curl.
+# Needs root (or sudo) only to install missing Debian packages: wrk, nginx, haproxy, jq,
+# curl.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ NGINX_PROXY_PORT=$((PORT_BASE + 3))
 SIM_PORT=$((PORT_BASE + 4))        # sluice simulate
 QUEUE_PORT=$((PORT_BASE + 5))      # sluice with the send queue
 QUEUE_ADMIN=$((PORT_BASE + 6))
+HAPROXY_PORT=$((PORT_BASE + 7))
 KEY=demo-key
 SECTIONS=" ${SECTIONS:-1 2 3 4 5} "
 
@@ -223,6 +225,7 @@ need curl
 need jq
 need wrk
 need nginx
+need haproxy
 need pgrep procps
 
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
@@ -237,12 +240,16 @@ mkdir -p "$RAW"
 WORK=$(mktemp -d "$TARGET_DIR/bench-work.XXXXXX")
 chmod 755 "$WORK"
 
-for port in $SLUICE_PORT $SLUICE_ADMIN $UPSTREAM_PORT $NGINX_PROXY_PORT $SIM_PORT $QUEUE_PORT $QUEUE_ADMIN; do
+for port in $SLUICE_PORT $SLUICE_ADMIN $UPSTREAM_PORT $NGINX_PROXY_PORT $SIM_PORT $QUEUE_PORT $QUEUE_ADMIN $HAPROXY_PORT; do
   port_free "$port"
 done
 
 log "building (release)"
-cargo build --release --locked --bin sluice --example naive_client --example split_mem
+# Only what the sections asked for need: the examples are for sections 1 and 4.
+BUILD=(--bin sluice)
+if section 1; then BUILD+=(--example split_mem); fi
+if section 4; then BUILD+=(--example naive_client); fi
+cargo build --release --locked "${BUILD[@]}"
 SLUICE="$TARGET_DIR/release/sluice"
 EXAMPLES="$TARGET_DIR/release/examples"
 
@@ -256,7 +263,7 @@ out
 out "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
 out "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
 out "- machine: $(nproc) CPUs, $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo), $(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
-out "- tools: $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'), $(nginx -v 2>&1 | sed 's/.*: //'), $(cargo --version)"
+out "- tools: $(wrk --version 2>&1 | head -1 | awk '{print $1, $2}'), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v 2>&1 | head -1 | awk '{print "haproxy", $3}'), $(cargo --version)"
 out "- repeats: $REPEATS, load runs: ${DURATION}s, $CONNECTIONS connections"
 out "- load average at start (1, 5, 15 min): $(load)"
 
@@ -306,7 +313,7 @@ bench_split() {
 }
 
 # ---------------------------------------------------------------------------------------
-# 2. Pass-through overhead: direct vs sluice vs nginx reverse proxy.
+# 2. Pass-through overhead: direct vs sluice vs nginx and HAProxy as reverse proxies.
 # ---------------------------------------------------------------------------------------
 
 bench_passthrough() {
@@ -356,6 +363,30 @@ http {
   }
 }
 EOF
+  # The other alternative: HAProxy in HTTP mode, its default thread count (one per CPU),
+  # keep-alive both ways with idle upstream connections shared between client
+  # connections (http-reuse always), and an access log line per request (option httplog)
+  # written to its stdout, which goes to a file like the others' logs.
+  cat >"$WORK/haproxy.cfg" <<EOF
+global
+  maxconn 4096
+  pidfile $WORK/haproxy.pid
+  log stdout format raw local0
+defaults
+  mode http
+  log global
+  option httplog
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+frontend front
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend api
+backend api
+  server upstream 127.0.0.1:$UPSTREAM_PORT
+EOF
   # sluice as a pure pass-through proxy (no send routes), defaults otherwise.
   cat >"$WORK/passthrough.toml" <<EOF
 routes = []
@@ -376,26 +407,29 @@ EOF
   UPSTREAM_PID=$LAST_PID
   start nginx-proxy nginx -p "$WORK" -e "$RAW/nginx-proxy-error.log" -c "$WORK/proxy.conf" -g 'daemon off;'
   NGINX_PID=$LAST_PID
+  start haproxy haproxy -db -f "$WORK/haproxy.cfg"
+  HAPROXY_PID=$LAST_PID
   start sluice-passthrough "$SLUICE" serve --config "$WORK/passthrough.toml"
   SLUICE_PID=$LAST_PID
-  for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $SLUICE_PORT; do wait_port "$port"; done
+  for port in $UPSTREAM_PORT $NGINX_PROXY_PORT $HAPROXY_PORT $SLUICE_PORT; do wait_port "$port"; done
   PASS_IDLE_RSS=$(rss_mb "$SLUICE_PID")
   NGINX_IDLE_RSS=$(tree_rss_mb "$NGINX_PID")
 
-  declare -A TARGET_PORT=([direct]=$UPSTREAM_PORT [sluice]=$SLUICE_PORT [nginx]=$NGINX_PROXY_PORT)
-  # Targets alternate inside each repeat, so a change in background load hits all three.
+  declare -A TARGET_PORT=([direct]=$UPSTREAM_PORT [sluice]=$SLUICE_PORT [nginx]=$NGINX_PROXY_PORT [haproxy]=$HAPROXY_PORT)
+  # Targets alternate inside each repeat, so a change in background load hits all four.
   # No CPU pinning: wrk, the proxy and the upstream share both CPUs, each with its default
   # thread count (pinning wrk to one CPU with taskset gave the same ratios). The CPU time
   # per request, read from /proc, compares the proxies independently of that sharing.
   for r in $(seq 1 "$REPEATS"); do
     for method in GET POST; do
-      for target in direct sluice nginx; do
+      for target in direct sluice nginx haproxy; do
         f="$RAW/wrk-$method-$target-$r.txt"
         script=()
         [ "$method" = POST ] && script=(-s "$WORK/post.lua")
         case $target in
           sluice) pid=$SLUICE_PID ;;
           nginx) pid=$NGINX_PID ;;
+          haproxy) pid=$HAPROXY_PID ;;
           *) pid="" ;;
         esac
         [ -n "$pid" ] && { sample_rss "$pid" "$RAW/rss-$target.txt" & SAMPLER=$!; }
@@ -424,7 +458,7 @@ EOF
   out "| request | target | requests/s | p50 ms | p99 ms | proxy CPU µs/request | upstream CPU µs/request |"
   out "|---|---|---|---|---|---|---|"
   for method in GET POST; do
-    for target in direct sluice nginx; do
+    for target in direct sluice nginx haproxy; do
       proxy_cpu="–"
       [ "$target" = direct ] || proxy_cpu=$(summary 1 <"$RAW/cpu-proxy-$method-$target.txt")
       out "| $method | $target | $(summary <"$RAW/rps-$method-$target.txt") | $(summary 2 <"$RAW/p50-$method-$target.txt") | $(summary 2 <"$RAW/p99-$method-$target.txt") | $proxy_cpu | $(summary 1 <"$RAW/cpu-upstream-$method-$target.txt") |"
@@ -434,16 +468,19 @@ EOF
   for method in GET POST; do
     s=$(median <"$RAW/rps-$method-sluice.txt")
     n=$(median <"$RAW/rps-$method-nginx.txt")
+    h=$(median <"$RAW/rps-$method-haproxy.txt")
     sp=$(median <"$RAW/p99-$method-sluice.txt")
     np=$(median <"$RAW/p99-$method-nginx.txt")
-    out "- $method: sluice/nginx throughput $(awk -v s="$s" -v n="$n" 'BEGIN {printf "%.2f", s / n}'), p99 sluice/nginx $(awk -v s="$sp" -v n="$np" 'BEGIN {printf "%.2f", s / n}')"
+    hp=$(median <"$RAW/p99-$method-haproxy.txt")
+    out "- $method: sluice/nginx throughput $(awk -v s="$s" -v n="$n" 'BEGIN {printf "%.2f", s / n}'), p99 sluice/nginx $(awk -v s="$sp" -v n="$np" 'BEGIN {printf "%.2f", s / n}'); sluice/HAProxy throughput $(awk -v s="$s" -v n="$h" 'BEGIN {printf "%.2f", s / n}'), p99 sluice/HAProxy $(awk -v s="$sp" -v n="$hp" 'BEGIN {printf "%.2f", s / n}')"
   done
   stop "$SLUICE_PID"
   stop "$NGINX_PID"
+  stop "$HAPROXY_PID"
   stop "$UPSTREAM_PID"
-  # Both proxies logged one line per request (about 1 GB together); keep only the ends.
+  # The proxies logged one line per request (over 1 GB together); keep only the ends.
   local log
-  for log in nginx-proxy-access sluice-passthrough; do
+  for log in nginx-proxy-access haproxy sluice-passthrough; do
     tail -n 20 "$RAW/$log.log" >"$RAW/$log.tail.log"
     rm -f "$RAW/$log.log"
   done

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::middleware::from_fn_with_state;
 use axum::Router;
 use http::Response;
 use tokio::net::TcpListener;
@@ -158,7 +157,7 @@ pub async fn start(config: &Config, own_key: Option<ApiKey>) -> Result<Running, 
             queue.delivery().clone(),
             own_key_for_support,
         ))
-        .layer(from_fn_with_state(metrics.clone(), request_id::layer));
+        .layer(request_id::RequestIdLayer::new(metrics.clone()));
     let main = layers::front(
         main,
         Limits {

@@ -10,7 +10,11 @@
 //!    average is cut off ([`Paced`]); readers turn that into a 408.
 //!
 //! Request ids, the access log and client metrics are the next layer in
-//! ([`crate::request_id::layer`]); connection limits are the server's ([`crate::server`]).
+//! ([`crate::request_id::RequestIdLayer`]); connection limits are the server's ([`crate::server`]).
+//!
+//! The layers wrap the router as a whole, once (not each of its routes, as `Router::layer`
+//! would), so a request passes each layer without a boxed clone of the next, and the
+//! concurrency limit counts every request of the listener together.
 
 use std::any::Any;
 use std::future::Future;
@@ -20,6 +24,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use std::convert::Infallible;
+
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::Request;
 use axum::Router;
@@ -27,7 +33,8 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
-use tower::ServiceBuilder;
+use tower::{Service, ServiceBuilder};
+use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::api::Envelope;
 use crate::metrics::Metrics;
@@ -56,40 +63,72 @@ pub struct Paced {
     timer: Pin<Box<Sleep>>,
 }
 
-/// Wraps `router` in the layers (see the module documentation).
-pub fn front(router: Router, limits: Limits, metrics: Arc<Metrics>) -> Router {
-    let shed = metrics.clone();
-    router
-        .layer(axum::middleware::map_request(move |req: Request| {
-            let limits = limits;
-            async move { Ok::<_, std::convert::Infallible>(pace(req, limits)) }
+/// Wraps `router` in the layers (see the module documentation): the service the main
+/// listener serves.
+pub fn front(
+    router: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+) -> impl Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response<
+        impl http_body::Body<Data = Bytes, Error = impl Into<axum::BoxError>> + Send,
+    >,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    ServiceBuilder::new()
+        .layer(CatchPanicLayer::custom(panicked))
+        .layer(HandleErrorLayer::new(move |_: tower::BoxError| {
+            metrics.requests_shed.inc();
+            std::future::ready(overloaded())
         }))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(move |_: tower::BoxError| {
-                    let shed = shed.clone();
-                    async move {
-                        shed.requests_shed.inc();
-                        overloaded()
-                    }
-                }))
-                .load_shed()
-                .concurrency_limit(limits.max_concurrent),
-        )
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
+        .load_shed()
+        .concurrency_limit(limits.max_concurrent)
+        .service(Pace {
+            inner: router,
+            limits,
+        })
 }
 
-fn pace(req: Request, limits: Limits) -> Request {
-    req.map(|body| {
-        if body.is_end_stream() {
-            return body;
-        }
-        Body::new(Paced::new(
-            body,
-            limits.body_read_timeout,
-            limits.body_min_rate,
-        ))
-    })
+/// The service that paces request bodies (see [`Paced`]) before the router sees them.
+#[derive(Clone)]
+pub struct Pace<S> {
+    inner: S,
+    limits: Limits,
+}
+
+impl<S, B> Service<http::Request<B>> for Pace<S>
+where
+    S: Service<Request>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> S::Future {
+        let limits = self.limits;
+        self.inner.call(req.map(|body| {
+            let body = Body::new(body);
+            if body.is_end_stream() {
+                return body;
+            }
+            Body::new(Paced::new(
+                body,
+                limits.body_read_timeout,
+                limits.body_min_rate,
+            ))
+        }))
+    }
 }
 
 /// The 503 of load shedding, in the API's envelope.

@@ -62,14 +62,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "sluice stopped");
             eprintln!("sluice: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Log lines still spooled would be lost at exit.
+    logs::flush();
+    code
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

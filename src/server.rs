@@ -23,7 +23,9 @@ use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Router;
+use std::convert::Infallible;
+
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -70,8 +72,6 @@ struct Conns {
 struct Conn {
     id: u64,
     state: Mutex<ConnState>,
-    /// Woken when `state` changes (a request began or ended).
-    changed: Notify,
     /// Cancelled to ask the connection to finish what it is doing and close.
     close: CancellationToken,
 }
@@ -83,10 +83,41 @@ struct ConnState {
     idle_since: Instant,
 }
 
-/// The router as hyper calls it, counting the requests in flight on its connection.
-struct Tracked {
-    inner: TowerToHyperService<Router>,
+/// The service as hyper calls it, counting the requests in flight on its connection.
+struct Tracked<S> {
+    inner: TowerToHyperService<S>,
     conn: Arc<Conn>,
+}
+
+/// What a listener can serve: a router, or one inside layers ([`crate::layers::front`]).
+pub trait Serve:
+    tower::Service<
+        http::Request<Incoming>,
+        Response = http::Response<Self::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+    type Body: http_body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+}
+
+impl<S, B> Serve for S
+where
+    S: tower::Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Body = B;
 }
 
 /// Ends a request's "in flight" however its future ends.
@@ -103,9 +134,9 @@ enum Closed {
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains. Connection
 /// tasks are spawned on `tracker`.
-pub async fn serve(
+pub async fn serve<S: Serve>(
     listener: TcpListener,
-    router: Router,
+    router: S,
     opts: ServeOptions,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -189,9 +220,9 @@ pub async fn serve(
 /// Serves one connection: its first byte, then HTTP until it ends, is idle too long, is
 /// asked to close (evicted, shutdown) or dropped (grace over).
 #[allow(clippy::too_many_arguments)]
-async fn connection(
+async fn connection<S: Serve>(
     stream: TcpStream,
-    router: Router,
+    router: S,
     builder: auto::Builder<TokioExecutor>,
     conn: Arc<Conn>,
     opts: ServeOptions,
@@ -218,36 +249,40 @@ async fn connection(
     };
     let mut http = pin!(builder.serve_connection(TokioIo::new(stream), service));
     let mut closing = false;
+    // One timer for the connection's life, looked at only when it fires (not at every
+    // request): idle, it closes the connection once `idle_timeout` has passed since its
+    // last request ended, or waits for that moment; busy, it looks again a timeout later.
+    let next_look = |conn: &Conn| {
+        conn.idle_deadline(opts.idle_timeout)
+            .unwrap_or_else(|| Instant::now() + opts.idle_timeout)
+    };
+    let mut idle = pin!(tokio::time::sleep_until(next_look(&conn)));
+    let mut evicted = pin!(conn.close.cancelled());
+    let mut stopping = pin!(shutdown.cancelled());
+    let mut dropped = pin!(hard_stop.cancelled());
     loop {
-        let idle_deadline = conn.idle_deadline(opts.idle_timeout);
-        let changed = conn.changed.notified();
         tokio::select! {
+            biased;
             result = http.as_mut() => return result,
-            () = changed => {}
-            () = sleep_until(idle_deadline), if !closing && idle_deadline.is_some() => {
+            () = idle.as_mut(), if !closing => {
                 if conn.idle_for() >= Some(opts.idle_timeout) {
                     observed.closed(Closed::Idle);
                     http.as_mut().graceful_shutdown();
                     closing = true;
+                } else {
+                    idle.as_mut().reset(next_look(&conn));
                 }
             }
-            _ = conn.close.cancelled(), if !closing => {
+            () = evicted.as_mut(), if !closing => {
                 http.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = shutdown.cancelled(), if !closing => {
+            () = stopping.as_mut(), if !closing => {
                 http.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = hard_stop.cancelled() => return Ok(()),
+            () = dropped.as_mut() => return Ok(()),
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -286,7 +321,6 @@ impl Conns {
                 busy: 0,
                 idle_since: Instant::now(),
             }),
-            changed: Notify::new(),
             close: CancellationToken::new(),
         });
         self.lock().insert(id, Arc::clone(&conn));
@@ -351,16 +385,12 @@ impl Conn {
 
     fn begin(&self) {
         self.state().busy += 1;
-        self.changed.notify_waiters();
     }
 
     fn end(&self) {
-        {
-            let mut s = self.state();
-            s.busy = s.busy.saturating_sub(1);
-            s.idle_since = Instant::now();
-        }
-        self.changed.notify_waiters();
+        let mut s = self.state();
+        s.busy = s.busy.saturating_sub(1);
+        s.idle_since = Instant::now();
     }
 }
 
@@ -372,14 +402,10 @@ impl Drop for Busy {
 
 // === impl Tracked ===
 
-type Inner = TowerToHyperService<Router>;
-type Resp = <Inner as hyper::service::Service<http::Request<Incoming>>>::Response;
-type Fail = <Inner as hyper::service::Service<http::Request<Incoming>>>::Error;
-
-impl hyper::service::Service<http::Request<Incoming>> for Tracked {
-    type Response = Resp;
-    type Error = Fail;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, Fail>> + Send>>;
+impl<S: Serve> hyper::service::Service<http::Request<Incoming>> for Tracked<S> {
+    type Response = http::Response<S::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: http::Request<Incoming>) -> Self::Future {
         self.conn.begin();

@@ -119,11 +119,15 @@ impl Upstream {
     /// The absolute upstream URI for a client's path and query.
     pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
         let pq = path_and_query.map(PathAndQuery::as_str).unwrap_or("/");
-        let joined = format!("{}{}", self.prefix, pq);
-        Uri::builder()
+        let builder = Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(joined)
+            .authority(self.authority.clone());
+        let builder = match path_and_query {
+            // No prefix: the client's own (already parsed) path and query, not a copy.
+            Some(pq) if self.prefix.is_empty() => builder.path_and_query(pq.clone()),
+            _ => builder.path_and_query(format!("{}{}", self.prefix, pq)),
+        };
+        builder
             .build()
             // Scheme and authority come from a parsed URI and the path from one too.
             .unwrap_or_else(|_| Uri::from_static("/"))

@@ -21,14 +21,27 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Removes hop-by-hop headers (and those listed in `Connection`) in place.
 /// `Transfer-Encoding` goes too: hyper frames each hop's body itself.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // Most messages have none but `Connection`, or none at all: one pass over the names
+    // tells, instead of a lookup for each of the nine.
+    let hop = |name: &HeaderName| name == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(name);
+    if !headers.keys().any(hop) {
+        return;
+    }
+    // The headers `Connection` names, removed by name as read (no list of them is built);
+    // the values are cheap clones, since removing changes the map being read.
+    let mut i = 0;
+    while let Some(value) = headers.get_all(header::CONNECTION).iter().nth(i).cloned() {
+        i += 1;
+        let Ok(names) = value.to_str() else { continue };
+        for name in names.split(',').map(str::trim) {
+            // `Connection` itself goes last, with the others below, so that a second
+            // `Connection` line is still read.
+            if !name.eq_ignore_ascii_case("connection") {
+                headers.remove(name);
+            }
+        }
+    }
+    for name in HOP_BY_HOP.iter() {
         headers.remove(name);
     }
     headers.remove(header::TRANSFER_ENCODING);

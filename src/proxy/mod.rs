@@ -12,8 +12,12 @@
 //! API's envelope instead of waiting behind the breaker's probes.
 
 mod headers;
+pub mod labels;
 
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,6 +26,7 @@ use bytes::Bytes;
 use http::{Method, Response, Version};
 use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
+use prometheus::Histogram;
 use tokio::time::Instant;
 
 pub use headers::strip_hop_by_hop;
@@ -33,6 +38,7 @@ use crate::keystate::{KeyState, Stored};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::retry::{self, Change, Class, Outage, Outcome, Pass, Permit, RetryPolicy, Verdict};
 use crate::upstream::{self, AttemptError, Upstream};
+use labels::StatusCounters;
 
 /// The metric/log route name of everything that matches no send rule.
 const ROUTE: &str = "passthrough";
@@ -58,6 +64,9 @@ struct Inner {
     health: Arc<Health>,
     max_body: u64,
     retry_buffer: u64,
+    /// This route's metric handles, looked up once.
+    upstream_requests: StatusCounters,
+    upstream_duration: Histogram,
 }
 
 /// The request body, either kept for replay or streamed through once.
@@ -81,6 +90,8 @@ impl Proxy {
     pub fn new(upstream: Upstream, settings: Settings, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                upstream_requests: StatusCounters::new(&metrics.upstream_requests, ROUTE),
+                upstream_duration: metrics.upstream_duration.with_label_values(&[ROUTE]),
                 upstream,
                 policy: settings.keys.policy().clone(),
                 keys: settings.keys,
@@ -171,9 +182,7 @@ impl Inner {
             let sent_at = Instant::now();
             attempts += 1;
             let result = self.upstream.send(attempt).await;
-            self.metrics
-                .upstream_duration
-                .with_label_values(&[ROUTE])
+            self.upstream_duration
                 .observe(sent_at.elapsed().as_secs_f64());
 
             let mut failed = None;
@@ -301,6 +310,14 @@ impl Inner {
     /// Waits until the key's cooldown lets a request go. Gives up (with the key's last
     /// 429) when that wait would pass the request's deadline.
     async fn gate(&self, id: KeyId, started: Instant) -> Result<Permit, Stored> {
+        // The common case, a key that is not cooling down, passes at once: no timer, no gauge.
+        let mut acquire = pin!(self.keys.cooldowns.acquire(&id));
+        if let Poll::Ready(permit) = acquire
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
+            return Ok(permit);
+        }
         let deadline = started + self.policy.deadline;
         let last = || self.keys.last_429(&id);
         if let Some(left) = self.keys.cooldowns.remaining(&id) {
@@ -311,7 +328,7 @@ impl Inner {
             }
         }
         let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);
-        match tokio::time::timeout_at(deadline, self.keys.cooldowns.acquire(&id)).await {
+        match tokio::time::timeout_at(deadline, acquire).await {
             Ok(permit) => Ok(permit),
             Err(_) => match last() {
                 Some(stored) => Err(stored),
@@ -380,7 +397,13 @@ impl Inner {
     fn count_attempt(&self, outcome: Outcome) {
         self.health
             .upstream_reached(!matches!(outcome, Outcome::Connect));
-        self.metrics.count_attempt(ROUTE, outcome);
+        match outcome {
+            // Answers that count as no failure: one counter, its handle kept.
+            Outcome::Status(status) if status.as_u16() == 429 || status.as_u16() < 400 => {
+                self.upstream_requests.inc(status)
+            }
+            _ => self.metrics.count_attempt(ROUTE, outcome),
+        }
     }
 
     fn give_up_with(&self, stored: Stored) -> Response<Body> {
