@@ -154,6 +154,13 @@ impl KeyState {
         true
     }
 
+    /// Whether the key's last 429 reported room that may still be used.
+    pub fn has_room(&self, key: &KeyId) -> bool {
+        self.room
+            .get(key)
+            .is_some_and(|r| r.recipients > 0 && r.until > Instant::now())
+    }
+
     /// The key's last 429, if any.
     pub fn last_429(&self, key: &KeyId) -> Option<Stored> {
         self.last_429.get(key).map(|s| s.clone())

@@ -30,6 +30,7 @@ pub mod app;
 pub mod body;
 pub mod capacity;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -155,7 +155,7 @@ impl Metrics {
                 let g = prometheus::GaugeVec::new(
                     Opts::new(
                         "sluice_cooldown_remaining_seconds",
-                        "Seconds until requests for an API key may go again after a 429 (no series for a key that is not cooling down).",
+                        "Seconds until requests for an API key may go again after a 429; 0 once over, for every key that met a 429 and is not yet forgotten (queue.key_idle_secs).",
                     ),
                     &["key"],
                 )
@@ -321,7 +321,7 @@ impl Metrics {
             state_entries: gauge_vec(
                 &registry,
                 "sluice_state_entries",
-                "Entries of per-key and per-request state held in memory, by kind: waiters (jobs a client waits for), cooldown_gates (keys that met a 429 lately), bulk_locks, rate_limiter_keys. Keys idle for queue.key_idle_secs are dropped. Computed at scrape time.",
+                "Entries of per-key and per-request state held in memory, by kind: waiters (jobs a client waits for), cooldown_gates (keys that met a 429 lately), parts_in_memory (parts paged in from the store, bounded per key), rate_limiter_keys. Keys idle for queue.key_idle_secs are dropped. Computed at scrape time.",
                 &["kind"],
             ),
             idempotent_replays: counter_vec(
@@ -385,7 +385,7 @@ impl Metrics {
         for kind in [
             "waiters",
             "cooldown_gates",
-            "bulk_locks",
+            "parts_in_memory",
             "rate_limiter_keys",
         ] {
             self.state_entries.with_label_values(&[kind]);

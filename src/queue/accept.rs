@@ -29,16 +29,17 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::answer;
-use super::dispatch::{now_ms, Watch};
+use super::dispatcher::Watch;
 use super::idempotency::{self, IdempotencyError};
 use super::prefer::{self, Preference};
 use super::store::{
-    Dispatchable, Inserted, JobRecord, JobState, NewIdempotency, NewJob, NewPart, PartCounts,
-    PartRecord, PartState,
+    Inserted, JobRecord, JobState, NewIdempotency, NewJob, NewPart, PartCounts, PartRecord,
+    PartState,
 };
 use super::{plan, Queue, QueueInner};
 use crate::apikey::{self, KeyId};
 use crate::body;
+use crate::clock::now_ms;
 use crate::error::ProxyError;
 use crate::proxy::strip_hop_by_hop;
 use crate::request_id::RouteName;
@@ -150,7 +151,7 @@ impl Queue {
             }
         };
 
-        let cut = self.cut(route, &gate, &body, &key_id)?;
+        let cut = self.cut(route, &gate, &body, &key_id).await?;
         let part_bytes: u64 = cut.parts.iter().map(|p| p.bytes.end - p.bytes.start).sum();
 
         // Back-pressure: refuse in the API's own 429 format.
@@ -242,10 +243,7 @@ impl Queue {
             gate.skipped(cut.skipped.len());
             tracing::info!(job = %id, route = %route.name, skipped = cut.skipped.len(), "recipients skipped by validation");
         }
-        let sole = cut.parts.len() == 1;
-        for (seq, p) in cut.parts.iter().enumerate() {
-            q.dispatcher.enqueue(meta.dispatchable(seq as u32, p, sole));
-        }
+        q.dispatcher.wake(&meta.owner);
         let record = meta.record(cut.recipients, &cut.parts, skipped_json);
         tracing::info!(job = %id, route = %route.name, recipients = cut.recipients, parts = record.parts.len(), "job accepted");
 
@@ -259,9 +257,10 @@ impl Queue {
     }
 
     /// Checks the body under the route's validation and cuts it into parts (bulk) or keeps
-    /// it whole (single).
+    /// it whole (single). A bulk body of [`OFF_RUNTIME`] bytes or more is scanned on
+    /// tokio's blocking pool, so that a 100 MB send does not stall other requests.
     #[allow(clippy::result_large_err)]
-    fn cut(
+    async fn cut(
         &self,
         route: &Route,
         gate: &Gate<'_>,
@@ -277,48 +276,37 @@ impl Queue {
                     Mode::Enforce => route.invalid_recipients,
                     Mode::Warn | Mode::Off => InvalidRecipients::Reject,
                 };
-                let mut check = RecipientsCheck::new(policy);
-                let scanned = if gate.checks() {
-                    split::scan_with(body, &route.recipients_pointer, &mut check)
+                let limit =
+                    plan::part_limit(route.max_recipients_per_request, q.keys.max_allowed(key_id));
+                let checks = gate.checks();
+                let scanned = if body.len() >= OFF_RUNTIME {
+                    let (body, pointer) = (body.clone(), route.recipients_pointer.clone());
+                    tokio::task::spawn_blocking(move || {
+                        scan_bulk(&body, &pointer, policy, checks, limit)
+                    })
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "the scan of a bulk body failed");
+                        refused(answer::store_unavailable())
+                    })?
                 } else {
-                    split::scan(body, &route.recipients_pointer, |_, _| {})
+                    scan_bulk(body, &route.recipients_pointer, policy, checks, limit)
                 };
                 // The splitter's own refusals stand in every mode; they count as
                 // validation refusals where validation is on.
-                let layout = scanned.map_err(|e| {
+                let scanned = scanned.map_err(|e| {
                     let rejection = split_rejection(&e);
-                    refused(if gate.checks() {
+                    refused(if checks {
                         gate.refuse(rejection)
                     } else {
                         rejection.into_response()
                     })
                 })?;
-                let n = layout.items.len();
-                let skipped = match check.verdict(policy, n) {
-                    Verdict::SendAll => Vec::new(),
-                    Verdict::Skip(offenders) => offenders,
-                    Verdict::Reject(rejection) => {
-                        gate.apply(Err(rejection)).map_err(refused)?;
-                        Vec::new()
-                    }
-                };
-                let limit =
-                    plan::part_limit(route.max_recipients_per_request, q.keys.max_allowed(key_id));
-                let skipped_at: Vec<usize> = skipped.iter().map(|o| o.index).collect();
-                let parts = plan::initial_parts(n, &skipped_at, limit as usize)
-                    .into_iter()
-                    .map(|r| NewPart {
-                        items: r.start as u64..r.end as u64,
-                        bytes: layout.items[r.start].start as u64
-                            ..layout.items[r.end - 1].end as u64,
-                    })
-                    .collect();
-                Ok(Cut {
-                    array: Some(layout.array.start as u64..layout.array.end as u64),
-                    parts,
-                    recipients: (n - skipped.len()) as u64,
-                    skipped,
-                })
+                if let Some(rejection) = scanned.reject {
+                    // Refused in `enforce`; in `warn` logged and counted, and sent whole.
+                    gate.apply(Err(rejection)).map_err(refused)?;
+                }
+                Ok(scanned.cut)
             }
             // Template routes never get here (`accept` gives them back).
             RouteKind::Single | RouteKind::Template => {
@@ -403,6 +391,56 @@ impl Queue {
     }
 }
 
+/// Bulk bodies from this size on are scanned off the runtime's worker threads.
+const OFF_RUNTIME: usize = 1024 * 1024;
+
+/// A bulk body scanned: its parts, and the refusal its recipients call for, if any.
+struct Scanned {
+    cut: Cut,
+    reject: Option<Rejection>,
+}
+
+/// The one pass over a bulk body (pure, so it can run on any thread): finds the
+/// recipients array, checks each recipient (when `checks`), and cuts the parts around the
+/// skipped ones, each at most `limit` recipients.
+fn scan_bulk(
+    body: &[u8],
+    pointer: &str,
+    policy: InvalidRecipients,
+    checks: bool,
+    limit: u64,
+) -> Result<Scanned, split::SplitError> {
+    let mut check = RecipientsCheck::new(policy);
+    let layout = if checks {
+        split::scan_with(body, pointer, &mut check)?
+    } else {
+        split::scan(body, pointer, |_, _| {})?
+    };
+    let n = layout.items.len();
+    let (skipped, reject) = match check.verdict(policy, n) {
+        Verdict::SendAll => (Vec::new(), None),
+        Verdict::Skip(offenders) => (offenders, None),
+        Verdict::Reject(rejection) => (Vec::new(), Some(rejection)),
+    };
+    let skipped_at: Vec<usize> = skipped.iter().map(|o| o.index).collect();
+    let parts = plan::initial_parts(n, &skipped_at, limit as usize)
+        .into_iter()
+        .map(|r| NewPart {
+            items: r.start as u64..r.end as u64,
+            bytes: layout.items[r.start].start as u64..layout.items[r.end - 1].end as u64,
+        })
+        .collect();
+    Ok(Scanned {
+        cut: Cut {
+            array: Some(layout.array.start as u64..layout.array.end as u64),
+            parts,
+            recipients: (n - skipped.len()) as u64,
+            skipped,
+        },
+        reject,
+    })
+}
+
 /// A checked body, cut into the parts of its job.
 struct Cut {
     /// Byte range of the recipients array (bulk only).
@@ -428,28 +466,6 @@ struct JobMeta {
 // === impl JobMeta ===
 
 impl JobMeta {
-    fn dispatchable(&self, seq: u32, part: &NewPart, sole: bool) -> Dispatchable {
-        Dispatchable {
-            job_id: self.id.clone(),
-            seq,
-            owner: self.owner.clone(),
-            api_key: self.api_key.clone(),
-            route: self.route.clone(),
-            method: self.method.clone(),
-            path: self.path.clone(),
-            headers: self.headers.clone(),
-            items: part.items.clone(),
-            bytes: part.bytes.clone(),
-            attempts: 0,
-            next_attempt_at: None,
-            created_at: self.created_at,
-            reconcile_from: None,
-            blind_resends: 0,
-            last_error: None,
-            sole,
-        }
-    }
-
     /// The job as just stored: every part queued, nothing attempted.
     fn record(self, recipients: u64, parts: &[NewPart], skipped: Option<String>) -> JobRecord {
         JobRecord {

@@ -19,366 +19,57 @@
 //! point loses nothing: on restart every unfinished part is scheduled again, and a part
 //! that was in flight is looked up before it is sent again.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
-use dashmap::DashMap;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Limited};
-use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::plan;
 use super::policy::{self, Answer, Exhausted};
 use super::reconcile::Turn;
-use super::scheduler::{schedule, Entry};
 use super::settle::Attempt;
-use super::store::{Dispatchable, Store, StoreError};
-use crate::apikey::{ApiKey, KeyId};
-use crate::health::Health;
-use crate::keystate::{KeyState, Stored};
-use crate::metrics::{GaugeGuard, Metrics};
+use super::shared::Core;
+use super::store::{Dispatchable, StoreError};
+use crate::apikey::KeyId;
+use crate::clock::now_ms;
+use crate::keystate::Stored;
+use crate::metrics::GaugeGuard;
 use crate::retry::{Change, Outcome, Pass};
-use crate::routes::{Route, RouteKind};
-use crate::upstream::Upstream;
+use crate::routes::RouteKind;
 
 /// Largest upstream answer kept for a part (the API's are small JSON objects).
 const MAX_RESPONSE: usize = 1024 * 1024;
 
-/// Handle to the dispatcher; cheap to clone.
-#[derive(Clone)]
-pub struct Dispatcher {
-    inner: Arc<Inner>,
-}
+// === impl Core ===
 
-/// Settings of the dispatcher.
-pub struct DispatchSettings {
-    pub routes: Vec<Route>,
-    pub own_key: Option<ApiKey>,
-    pub concurrency: usize,
-    pub max_attempts: u32,
-    pub max_age: Duration,
-    pub requests_per_sec: u32,
-    pub recipients_per_sec: u32,
-    /// How long after a lost answer the send is looked up.
-    pub reconcile_delay: Duration,
-    /// How far the API's clock may run behind sluice's (for lookups).
-    pub clock_skew: Duration,
-    /// Told whether each attempt reached the API (for `/readyz`).
-    pub health: Arc<Health>,
-}
-
-/// Back-pressure room taken for a send (see [`Dispatcher::reserve`]).
-pub struct Reservation<'a> {
-    dispatcher: &'a Dispatcher,
-    recipients: u64,
-    bytes: u64,
-    kept: bool,
-}
-
-/// Recipients and bytes accepted and not yet final: the back-pressure figures.
-#[derive(Debug, Default)]
-pub struct Backlog {
-    pub recipients: AtomicU64,
-    pub bytes: AtomicU64,
-}
-
-pub(super) struct Inner {
-    pub(super) store: Arc<Store>,
-    pub(super) upstream: Upstream,
-    pub(super) keys: Arc<KeyState>,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) settings: DispatchSettings,
-    routes: HashMap<String, Route>,
-    slots: Semaphore,
-    tx: mpsc::UnboundedSender<Entry>,
-    waiters: DashMap<String, Arc<Notify>>,
-    /// Per-key locks for sending one part at a time (see `attempt`).
-    serial: DashMap<KeyId, Arc<tokio::sync::Mutex<()>>>,
-    backlog: Backlog,
-    requests: Option<DefaultKeyedRateLimiter<KeyId>>,
-    recipients: Option<(DefaultKeyedRateLimiter<KeyId>, u32)>,
-}
-
-// === impl Dispatcher ===
-
-impl Dispatcher {
-    /// Starts the scheduler; parts come in through [`Dispatcher::enqueue`].
-    pub fn start(
-        store: Arc<Store>,
-        upstream: Upstream,
-        keys: Arc<KeyState>,
-        metrics: Arc<Metrics>,
-        settings: DispatchSettings,
-        shutdown: CancellationToken,
-        tasks: TaskTracker,
-    ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let limiter = |per_sec: u32| {
-            NonZeroU32::new(per_sec).map(|n| RateLimiter::keyed(Quota::per_second(n)))
-        };
-        let inner = Arc::new(Inner {
-            routes: settings
-                .routes
-                .iter()
-                .map(|r| (r.name.clone(), r.clone()))
-                .collect(),
-            slots: Semaphore::new(settings.concurrency),
-            requests: limiter(settings.requests_per_sec),
-            recipients: limiter(settings.recipients_per_sec)
-                .map(|l| (l, settings.recipients_per_sec)),
-            store,
-            upstream,
-            keys,
-            metrics,
-            settings,
-            tx,
-            waiters: DashMap::new(),
-            serial: DashMap::new(),
-            backlog: Backlog::default(),
-        });
-        let per_key = inner.settings.concurrency;
-        tasks.spawn(schedule(
-            inner.clone(),
-            rx,
-            per_key,
-            shutdown,
-            tasks.clone(),
-        ));
-        Self { inner }
-    }
-
-    /// Schedules a part at its `next_attempt_at` (or now).
-    pub fn enqueue(&self, part: Dispatchable) {
-        self.inner.enqueue(part, None, false);
-    }
-
-    /// Adds newly accepted work to the back-pressure figures.
-    pub fn add_backlog(&self, recipients: u64, bytes: u64) {
-        self.inner
-            .backlog
-            .recipients
-            .fetch_add(recipients, Ordering::Relaxed);
-        self.inner.backlog.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-
-    /// Takes back-pressure room for a send of `recipients` and `bytes`, if the backlog stays
-    /// within the limits with it; in one atomic step per figure, so concurrent sends cannot
-    /// all pass the same check. `Err` with the backlog as it is when there is no room. The
-    /// room is given back unless [`Reservation::keep`] is called (the send was stored).
-    pub fn reserve(
-        &self,
-        recipients: u64,
-        bytes: u64,
-        max_recipients: u64,
-        max_bytes: u64,
-    ) -> Result<Reservation<'_>, (u64, u64)> {
-        let b = &self.inner.backlog;
-        let take = |a: &AtomicU64, n: u64, max: u64| {
-            a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                v.checked_add(n).filter(|&total| total <= max)
-            })
-        };
-        if take(&b.recipients, recipients, max_recipients).is_err() {
-            return Err(self.backlog());
-        }
-        if take(&b.bytes, bytes, max_bytes).is_err() {
-            self.inner.remove_backlog(recipients, 0);
-            return Err(self.backlog());
-        }
-        Ok(Reservation {
-            dispatcher: self,
-            recipients,
-            bytes,
-            kept: false,
-        })
-    }
-
-    pub fn backlog(&self) -> (u64, u64) {
-        let b = &self.inner.backlog;
-        (
-            b.recipients.load(Ordering::Relaxed),
-            b.bytes.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Drops per-key state idle for `idle` (see [`KeyState::evict_idle`]).
-    pub fn evict_idle(&self, idle: Duration) -> usize {
-        self.inner.evict_idle();
-        self.inner.keys.evict_idle(idle)
-    }
-
-    /// Entries of per-request and per-key state held in memory, by kind, for the state
-    /// gauge: jobs with a client waiting, keys with a cooldown gate, keys with a bulk lock,
-    /// keys in the rate limiters.
-    pub fn state_sizes(&self) -> [(&'static str, usize); 4] {
-        let i = &self.inner;
-        [
-            ("waiters", i.waiters.len()),
-            ("cooldown_gates", i.keys.tracked()),
-            ("bulk_locks", i.serial.len()),
-            (
-                "rate_limiter_keys",
-                i.requests.as_ref().map_or(0, |l| l.len())
-                    + i.recipients.as_ref().map_or(0, |(l, _)| l.len()),
-            ),
-        ]
-    }
-
-    /// Whether the API is unreachable (an outage: the upstream breaker is open).
-    pub fn upstream_down(&self) -> bool {
-        self.inner.upstream.breaker().is_open()
-    }
-
-    /// A notifier that fires whenever a part of `job` reaches a final state, for as long
-    /// as the returned [`Watch`] lives. Several may watch one job (a send and its
-    /// idempotent repeats): each is woken.
-    pub fn watch(&self, job: &str) -> Watch {
-        let notify = self
-            .inner
-            .waiters
-            .entry(job.to_string())
-            .or_default()
-            .clone();
-        Watch {
-            inner: self.inner.clone(),
-            job: job.to_string(),
-            notify: Some(notify),
-        }
-    }
-}
-
-/// One watcher of a job's progress (see [`Dispatcher::watch`]); the last one dropped
-/// stops the dispatcher keeping a notifier for the job.
-pub struct Watch {
-    inner: Arc<Inner>,
-    job: String,
-    notify: Option<Arc<Notify>>,
-}
-
-// === impl Reservation ===
-
-impl Reservation<'_> {
-    /// The send was stored: its room stays taken until its parts are final.
-    pub fn keep(mut self) {
-        self.kept = true;
-    }
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if !self.kept {
-            self.dispatcher
-                .inner
-                .remove_backlog(self.recipients, self.bytes);
-        }
-    }
-}
-
-// === impl Watch ===
-
-impl Watch {
-    pub fn notify(&self) -> &Notify {
-        // Only `drop` takes it.
-        self.notify
-            .as_deref()
-            .expect("a live watch has its notifier")
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        drop(self.notify.take());
-        // The map's clone is the last one: no one else watches. (A watcher arriving now
-        // either made its clone first, or finds the entry gone and makes a new one.)
-        self.inner
-            .waiters
-            .remove_if(&self.job, |_, n| Arc::strong_count(n) == 1);
-    }
-}
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-// === impl Inner ===
-
-impl Inner {
-    pub(super) fn enqueue(&self, part: Dispatchable, after: Option<Duration>, bypass: bool) {
-        let at = match after {
-            Some(wait) => Instant::now() + wait,
-            None => {
-                let delay = part.next_attempt_at.map_or(0, |t| (t - now_ms()).max(0));
-                Instant::now() + Duration::from_millis(delay as u64)
-            }
-        };
-        // The receiver lives as long as the scheduler; after shutdown the part stays
-        // queued on disk and is picked up at the next start.
-        let _ = self.tx.send(Entry { at, part, bypass });
-    }
-
-    pub(super) fn remove_backlog(&self, recipients: u64, bytes: u64) {
-        let b = &self.backlog;
-        let sub = |a: &AtomicU64, n: u64| {
-            let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(n))
-            });
-        };
-        sub(&b.recipients, recipients);
-        sub(&b.bytes, bytes);
-    }
-
-    /// Drops per-key state that nothing uses: the bulk locks of keys with no part waiting
-    /// or sending, and the rate limiters' cells of keys not seen lately.
-    fn evict_idle(&self) {
-        self.serial.retain(|_, lock| Arc::strong_count(lock) > 1);
-        if let Some(limiter) = &self.requests {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-        if let Some((limiter, _)) = &self.recipients {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-    }
-
-    pub(super) fn notify(&self, job: &str) {
-        if let Some(n) = self.waiters.get(job) {
-            n.notify_waiters();
-        }
-    }
-
-    /// One part's turn; store errors leave it queued on disk and retry it later.
-    pub(super) async fn run(self: Arc<Self>, part: Dispatchable, bypass: bool) {
-        let retry_copy = part.clone();
-        match self.attempt(part, bypass).await {
-            Ok(()) => {}
-            // Cancelled (or finished) meanwhile: nothing more to send for this part.
-            Err(StoreError::WrongState(state)) => {
-                let p = &retry_copy;
-                tracing::info!(job = %p.job_id, part = p.seq, ?state, "part no longer to be sent");
-                self.remove_backlog(p.items.end - p.items.start, p.bytes.end - p.bytes.start);
-                self.notify(&p.job_id);
-            }
-            Err(e) => {
-                tracing::error!(job = %retry_copy.job_id, error = %e, "queue store error; part retried in 1 s");
-                self.enqueue(retry_copy, Some(Duration::from_secs(1)), false);
+impl Core {
+    /// One part's turn. A store error leaves the part where it was on disk; the turn is
+    /// tried again a second later (the part stays in memory meanwhile).
+    pub(super) async fn run(self: Arc<Self>, part: Dispatchable) {
+        loop {
+            match self.attempt(part.clone()).await {
+                Ok(()) => return,
+                // Cancelled (or finished) meanwhile: nothing more to send for this part;
+                // the cancel took it out of the backlog.
+                Err(StoreError::WrongState(state)) => {
+                    tracing::info!(job = %part.job_id, part = part.seq, ?state, "part no longer to be sent");
+                    self.notify(&part.job_id);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(job = %part.job_id, error = %e, "queue store error; part tried again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }
 
-    async fn attempt(&self, mut part: Dispatchable, bypass: bool) -> Result<(), StoreError> {
+    async fn attempt(&self, mut part: Dispatchable) -> Result<(), StoreError> {
         let route = self.route(&part.route);
         let Some((key_value, key_id)) = self.key_for(&part) else {
             let error = "no API key: the client sent none and sluice holds none".to_string();
@@ -410,19 +101,9 @@ impl Inner {
         if let Some(max) = too_big() {
             return self.split_to(&part, &route, max).await;
         }
-        // Bulk parts go one at a time per key: each learns from the answer to the one
-        // before (a 429 cools the key down, and tells its room and maxAllowed, before the
-        // next part is let through), so a wave of large parts cannot run into the same full
-        // capacity together. Single sends go in parallel, gated by the key's cooldown alone.
-        let _serial = if !bypass && route.kind == RouteKind::Bulk {
-            let lock = self.serial.entry(key_id).or_default().clone();
-            Some(lock.lock_owned().await)
-        } else {
-            None
-        };
         // During a cooldown, a send that fits in the room the API's last 429 reported goes
         // at once (the API said it would take it); the rest wait for the cooldown's probe.
-        let permit = if bypass || self.keys.take_room(&key_id, n) {
+        let permit = if self.keys.take_room(&key_id, n) {
             None
         } else {
             let _waiting = GaugeGuard::new(&self.metrics.cooldown_waiting);
@@ -549,38 +230,6 @@ impl Inner {
                 }
                 left -= u64::from(take);
             }
-        }
-    }
-
-    /// The route a part was accepted under (or a plain single route, when the
-    /// configuration no longer has it: the part is then sent whole).
-    fn route(&self, name: &str) -> Route {
-        self.routes.get(name).cloned().unwrap_or_else(|| Route {
-            name: name.to_string(),
-            method: "POST".into(),
-            path: String::new(),
-            kind: RouteKind::Single,
-            recipients_pointer: String::new(),
-            max_recipients_per_request: u64::MAX,
-            validation: crate::validate::Mode::Off,
-            invalid_recipients: crate::validate::InvalidRecipients::Reject,
-            lookup: Some(String::new()),
-        })
-    }
-
-    /// The key to send with: the one stored with the job, else the proxy's own.
-    pub(super) fn key_for(&self, part: &Dispatchable) -> Option<(HeaderValue, KeyId)> {
-        match &part.api_key {
-            Some(bytes) => {
-                let mut value = HeaderValue::from_bytes(bytes).ok()?;
-                value.set_sensitive(true);
-                Some((value, KeyId::of(bytes)))
-            }
-            None => self
-                .settings
-                .own_key
-                .as_ref()
-                .map(|k| (k.header_value(), k.id())),
         }
     }
 

@@ -24,12 +24,12 @@ use http::{header, HeaderValue, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::dispatch::now_ms;
 use super::store::{JobRecord, JobState};
 use super::view::JobView;
 use super::Queue;
 use crate::api::{self, text, Envelope};
 use crate::apikey;
+use crate::clock::now_ms;
 use crate::request_id::RouteName;
 
 /// The list's query parameters, as sent (each is checked by [`list`]).
@@ -131,13 +131,13 @@ async fn retry(
     };
     match q.inner.store.dispatchable(&id, &seqs).await {
         Ok(parts) => {
-            for part in parts {
+            for part in &parts {
                 q.inner.dispatcher.add_backlog(
                     part.items.end - part.items.start,
                     part.bytes.end - part.bytes.start,
                 );
-                q.inner.dispatcher.enqueue(part);
             }
+            q.inner.dispatcher.wake(&owner);
         }
         Err(e) => return store_error(e),
     }
@@ -146,11 +146,11 @@ async fn retry(
 }
 
 async fn cancel(State(q): State<Queue>, JobId(id): JobId, Owner(owner): Owner) -> Response<Body> {
-    // The backlog is not touched here: every cancelled part is still in the scheduler,
-    // and the dispatcher takes it out of the backlog when it meets it (the store then
-    // refuses to send it). Doing it here too would count queued parts out twice.
+    // The cancelled parts leave the backlog here, once: a part the dispatcher holds in
+    // memory meets the cancel when it is about to be sent, and only stops.
     match q.inner.store.cancel_job(&id, &owner, now_ms()).await {
-        Ok(Some(recipients)) => {
+        Ok(Some((recipients, bytes))) => {
+            q.inner.dispatcher.release_backlog(recipients, bytes);
             tracing::info!(job = %id, recipients, "job cancelled");
             current(&q, &id, &owner).await
         }

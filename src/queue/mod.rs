@@ -5,8 +5,9 @@
 //!   the client hears "accepted".
 //! - [`accept`]: turns a send into a job (split into parts); `answer`: what the client
 //!   hears; [`idempotency`]: a client's `Idempotency-Key` names one job.
-//! - [`dispatch`]: sends parts, paced to the API's capacity; `scheduler`: when each part
-//!   may go; `settle`: what the dispatcher does with each answer (the failure policy).
+//! - [`dispatcher`]: the handle on the sending side; `shared`: its state; `scheduler`:
+//!   pages due parts in from the store and says when each may go; `dispatch`: one part's
+//!   turn and its send; `settle`: what each answer leads to (the failure policy).
 //! - [`policy`]: what each answer means for a part (pure); `reconcile`: looking a send up
 //!   when its answer was lost, before sending it again ([`lookup`]: the pure pieces).
 //! - [`plan`]: the pure cutting rules; [`prefer`]: RFC 7240 `Prefer`; [`view`]: job JSON.
@@ -14,7 +15,8 @@
 
 pub mod accept;
 mod answer;
-pub mod dispatch;
+mod dispatch;
+pub mod dispatcher;
 pub mod idempotency;
 pub mod jobs_api;
 pub mod lookup;
@@ -24,6 +26,7 @@ pub mod prefer;
 mod reconcile;
 mod scheduler;
 mod settle;
+mod shared;
 pub mod store;
 pub mod view;
 
@@ -40,7 +43,8 @@ use crate::keystate::{KeyState, Learned, Stored};
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;
-use dispatch::{DispatchSettings, Dispatcher};
+use dispatcher::Dispatcher;
+use shared::DispatchSettings;
 use store::{KeyRecord, Store, StoreError, StoredResponse};
 
 /// Where the queue's background work runs (the dispatcher, its workers, housekeeping):
@@ -126,7 +130,7 @@ impl Queue {
         );
         // What was learned about keys before a restart (cooldowns, maxAllowed), before any
         // part is sent; and from now on, what is learned is saved.
-        let now = dispatch::now_ms();
+        let now = crate::clock::now_ms();
         for record in store.keys().await? {
             if let Some(id) = KeyId::from_full(&record.key) {
                 keys.restore(id, learned(record), now);
@@ -145,20 +149,16 @@ impl Queue {
             Duration::from_secs(q.key_idle_secs),
             shutdown.clone(),
         ));
-        let unfinished = store.unfinished().await?;
-        if !unfinished.is_empty() {
+        // What is left to send stays on disk; the scheduler pages it in as it is due.
+        let (recipients, bytes) = store.backlog().await?;
+        if recipients > 0 {
             tracing::info!(
-                parts = unfinished.len(),
-                "resuming unfinished parts from the store"
+                recipients,
+                bytes,
+                "resuming unfinished sends from the store"
             );
         }
-        for part in unfinished {
-            dispatcher.add_backlog(
-                part.items.end - part.items.start,
-                part.bytes.end - part.bytes.start,
-            );
-            dispatcher.enqueue(part);
-        }
+        dispatcher.add_backlog(recipients, bytes);
         let idempotency_ttl = Duration::from_secs(q.idempotency_ttl_secs);
         tasks.spawn(housekeep(
             store.clone(),
@@ -208,7 +208,7 @@ impl Queue {
         for (kind, n) in self.inner.dispatcher.state_sizes() {
             m.state_entries.with_label_values(&[kind]).set(n as i64);
         }
-        match self.inner.store.stats(dispatch::now_ms()).await {
+        match self.inner.store.stats(crate::clock::now_ms()).await {
             Ok(stats) => {
                 for (state, n) in &stats.jobs {
                     m.queue_jobs
@@ -263,7 +263,7 @@ async fn save_keys(
             },
             _ = shutdown.cancelled() => return,
         };
-        let now = dispatch::now_ms();
+        let now = crate::clock::now_ms();
         let learned = keys.record(&id, now);
         if let Err(e) = store.save_key(key_record(id, learned, now)).await {
             tracing::warn!(key = %id, error = %e, "cannot save what was learned about a key");
@@ -289,7 +289,7 @@ async fn housekeep(
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
-        let now = dispatch::now_ms();
+        let now = crate::clock::now_ms();
         let keys_before = now.saturating_sub(ms(ttl));
         let jobs_before = now.saturating_sub(ms(retention));
         for what in ["idempotency keys", "finished jobs"] {

@@ -19,8 +19,8 @@ use axum::body::Body;
 use http::{HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use super::dispatch::Inner;
 use super::lookup::{self, Found};
+use super::shared::Core;
 use super::store::{Dispatchable, PartState, StoreError};
 use crate::keystate::Stored;
 use crate::retry::Outcome;
@@ -50,9 +50,9 @@ enum Reconciled {
     Unreachable,
 }
 
-// === impl Inner ===
+// === impl Core ===
 
-impl Inner {
+impl Core {
     /// Looks the part up and acts on what was found (see the module documentation).
     pub(super) async fn reconcile_turn(
         &self,

@@ -15,15 +15,19 @@
 
 use std::time::Duration;
 
-use super::dispatch::{now_ms, Inner};
 use super::plan::{self, Cut};
 use super::policy::Exhausted;
+use super::shared::Core;
 use super::store::{Dispatchable, NewPart, PartState, Retry, StoreError, StoredResponse};
 use crate::apikey::KeyId;
+use crate::clock::now_ms;
 use crate::keystate::Stored;
 use crate::retry::Permit;
 use crate::routes::{Route, RouteKind};
 use crate::split;
+
+/// Parts from this size on are scanned off the runtime's worker threads.
+const OFF_RUNTIME: usize = 1024 * 1024;
 
 /// One answered attempt, as the outcome handlers need it.
 pub(super) struct Attempt {
@@ -40,9 +44,9 @@ pub(super) struct Attempt {
     pub sent_at: i64,
 }
 
-// === impl Inner ===
+// === impl Core ===
 
-impl Inner {
+impl Core {
     pub(super) async fn on_success(&self, a: Attempt) -> Result<(), StoreError> {
         if let Some(p) = a.permit {
             p.succeeded();
@@ -89,9 +93,7 @@ impl Inner {
         let why = "rate limited: waiting for the API's hint".to_string();
         match cut {
             Some(cut) => {
-                let reason = if let Some(now) = cut.now {
-                    // The piece that goes at once uses the room the 429 reported.
-                    let _ = self.keys.take_room(&a.key, now);
+                let reason = if cut.now.is_some() {
                     "capacity"
                 } else {
                     "size"
@@ -117,14 +119,12 @@ impl Inner {
         // The key's probe role (if this held it) passes to the next part: nothing was
         // learned about the key.
         drop(a.permit);
-        let mut part = a.part;
+        // Not counted, and not given up here even past max_age: the next turn does that
+        // (after the probe's wait), with this attempt taken back.
+        let part = a.part;
         let error = a
             .error
             .unwrap_or_else(|| "the API could not be reached".into());
-        if let Some(why @ Exhausted::Age(_)) = self.exhausted_after(&part) {
-            part.last_error = Some(error);
-            return self.give_up(&part, why, None).await;
-        }
         self.metrics.retries.with_label_values(&["connect"]).inc();
         let wait = self.upstream.breaker().remaining().unwrap_or_default();
         self.metrics.observe_wait("outage", wait);
@@ -208,7 +208,7 @@ impl Inner {
     /// Puts a part that was just sent back in the queue after `wait`, recording why.
     async fn reschedule(
         &self,
-        mut part: Dispatchable,
+        part: Dispatchable,
         status: Option<u16>,
         why: String,
         wait: Duration,
@@ -223,26 +223,37 @@ impl Inner {
             reconcile_from: part.reconcile_from,
             blind_resends: part.blind_resends,
         };
-        self.store
+        let state = self
+            .store
             .schedule_retry(&part.job_id, part.seq, retry, now_ms())
             .await?;
-        if count_attempt {
-            part.attempts += 1;
-        }
-        part.next_attempt_at = Some(next);
-        part.last_error = Some(why);
-        self.enqueue(part, Some(wait), false);
+        self.back_in_queue(&part, state, next);
         Ok(())
+    }
+
+    /// A part went back to the store in `state`: the scheduler takes it again at `next`,
+    /// unless its job was cancelled meanwhile (then it leaves the backlog).
+    fn back_in_queue(&self, part: &Dispatchable, state: PartState, next: i64) {
+        if state == PartState::Cancelled {
+            self.remove_backlog(
+                part.items.end - part.items.start,
+                part.bytes.end - part.bytes.start,
+            );
+            self.notify(&part.job_id);
+        } else {
+            self.wake(&part.owner, next);
+        }
     }
 
     /// Puts a part that was not sent this turn back in the queue after `wait`.
     pub(super) async fn postpone(
         &self,
-        mut part: Dispatchable,
+        part: Dispatchable,
         wait: Duration,
     ) -> Result<(), StoreError> {
         let next = now_ms() + wait.as_millis() as i64;
-        self.store
+        let state = self
+            .store
             .postpone(
                 &part.job_id,
                 part.seq,
@@ -252,8 +263,7 @@ impl Inner {
                 now_ms(),
             )
             .await?;
-        part.next_attempt_at = Some(next);
-        self.enqueue(part, Some(wait), false);
+        self.back_in_queue(&part, state, next);
         Ok(())
     }
 
@@ -297,7 +307,16 @@ impl Inner {
             .store
             .part_body(&part.job_id, part.bytes.clone())
             .await?;
-        let layout = match split::scan(&body, &route.recipients_pointer, |_, _| {}) {
+        // A large part is scanned off the runtime's worker threads.
+        let scanned = if body.len() >= OFF_RUNTIME {
+            let (body, pointer) = (body.clone(), route.recipients_pointer.clone());
+            tokio::task::spawn_blocking(move || split::scan(&body, &pointer, |_, _| {}))
+                .await
+                .unwrap_or(Err(split::SplitError::NotAnObject))
+        } else {
+            split::scan(&body, &route.recipients_pointer, |_, _| {})
+        };
+        let layout = match scanned {
             Ok(layout) if layout.items.len() as u64 == n => layout,
             Ok(_) | Err(_) => {
                 let why =
@@ -327,15 +346,10 @@ impl Inner {
             request_id = part.request_id().as_deref(), job = %part.job_id, part = part.seq, pieces = seqs.len(), reason,
             "part split"
         );
-        let mut pieces = self.store.dispatchable(&part.job_id, &seqs).await?;
-        pieces.sort_by_key(|p| p.items.start);
-        for (i, piece) in pieces.into_iter().enumerate() {
-            if i == 0 && cut.now.is_some() {
-                self.enqueue(piece, Some(Duration::ZERO), true);
-            } else {
-                self.enqueue(piece, Some(wait), false);
-            }
-        }
+        // The pieces are due now: the scheduler takes them in (the first, of the room the
+        // 429 reported, goes at once on that room; the others wait for the key's cooldown).
+        let _ = wait;
+        self.wake(&part.owner, 0);
         Ok(())
     }
 

@@ -48,20 +48,18 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use rusqlite::Connection;
-use tokio::sync::oneshot;
 
 mod changes;
 mod housekeeping;
 mod idempotency;
+pub mod pg;
 mod reader;
 mod rows;
 mod schema;
+mod sqlite;
 mod writer;
 
 #[cfg(test)]
@@ -70,6 +68,7 @@ mod tests;
 mod tests_idempotency;
 
 pub use schema::DB_FILE;
+use sqlite::Sqlite;
 
 /// How hard SQLite works to make a commit survive a power loss (`PRAGMA synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -83,19 +82,17 @@ pub enum Synchronous {
     Normal,
 }
 
-/// The job store: a handle on the writer thread and a pool of read connections.
-///
-/// Share it behind an `Arc`. Dropping it lets the writer finish the ops already sent, then
-/// waits for the thread to close the database.
+/// The job store, whichever backend holds it. Share it behind an `Arc`.
 pub struct Store {
-    /// Ops for the writer thread; `None` only while dropping.
-    writer: Option<mpsc::Sender<Box<dyn writer::Op>>>,
-    thread: Option<JoinHandle<()>>,
-    readers: Arc<reader::Readers>,
-    /// False from a failed write until a later commit succeeds; see [`Store::is_writable`].
-    writable: Arc<AtomicBool>,
-    /// The data dir's lock, held for the store's life: one sluice per data dir.
-    _lock: std::fs::File,
+    backend: Backend,
+}
+
+/// Where the jobs live.
+enum Backend {
+    /// One SQLite file in the data dir (the default).
+    Sqlite(Sqlite),
+    /// A PostgreSQL database shared by many instances.
+    Postgres(Box<pg::Postgres>),
 }
 
 /// Why a store operation failed.
@@ -131,6 +128,9 @@ pub enum StoreError {
     /// while waiting to be sent). Nothing was changed.
     #[error("the part is {0:?}, which this change does not apply to")]
     WrongState(PartState),
+    /// PostgreSQL refused a statement or could not be reached.
+    #[error("job store (PostgreSQL): {0}")]
+    Database(String),
     /// The request itself is malformed (parts that overlap, a split that does not cover
     /// the part, a range outside the body...). Holds the reason.
     #[error("invalid job store request: {0}")]
@@ -353,6 +353,9 @@ pub struct Dispatchable {
     /// The part is its job's only one (it was never split): it goes up under the client's
     /// own `Idempotency-Key` unchanged.
     pub sole: bool,
+    /// The job's row number and its owner's number (see [`Store::claim`]).
+    pub job_no: i64,
+    pub owner_no: i64,
 }
 
 /// What sluice learned about one API key, kept across restarts.
@@ -438,6 +441,8 @@ impl Dispatchable {
             blind_resends: 0,
             last_error: None,
             sole: true,
+            job_no: 1,
+            owner_no: 1,
         }
     }
 
@@ -494,43 +499,36 @@ impl Synchronous {
 // === impl Store ===
 
 impl Store {
-    /// Opens (or creates) `dir/sluice.db`: creates the dir (mode 0700) and the file (mode
-    /// 0600), locks the dir (`sluice.lock`: a second sluice on the same dir gets
-    /// [`StoreError::InUse`]), turns on WAL, sets `synchronous`, creates or migrates the
-    /// schema, and writes a row as a test. A store that cannot be opened fails here, loudly;
-    /// one that opens but cannot be written to (a full disk) opens not writable
-    /// ([`Store::is_writable`]), so sends are refused until space returns while the rest of
-    /// sluice serves.
+    /// Opens (or creates) the SQLite store in `dir` (see [`Sqlite::open`]).
     pub fn open(dir: &Path, sync: Synchronous) -> Result<Store, StoreError> {
-        let path = dir.join(DB_FILE);
-        let open_error = |source| StoreError::Open {
-            path: path.clone(),
-            source,
-        };
-        let lock = schema::lock_dir(dir).map_err(|e| match e {
-            schema::LockError::InUse(pid) => StoreError::InUse {
-                dir: dir.to_owned(),
-                pid,
-            },
-            schema::LockError::Io(e) => open_error(e),
-        })?;
-        let (conn, writable) = schema::open_writer(dir, &path, sync).map_err(open_error)?;
-        let readers = Arc::new(reader::Readers::new(path.clone()));
-        readers.warm().map_err(|e| open_error(Box::new(e)))?;
-        let writable = Arc::new(AtomicBool::new(writable));
-        let (ops, queue) = mpsc::channel();
-        let flag = Arc::clone(&writable);
-        let thread = std::thread::Builder::new()
-            .name("sluice-store".into())
-            .spawn(move || writer::run(conn, queue, flag))
-            .map_err(|e| open_error(Box::new(e)))?;
         Ok(Store {
-            writer: Some(ops),
-            thread: Some(thread),
-            readers,
-            writable,
-            _lock: lock,
+            backend: Backend::Sqlite(Sqlite::open(dir, sync)?),
         })
+    }
+
+    /// Opens the PostgreSQL store (see [`pg`]): for many instances sharing one queue.
+    pub async fn open_postgres(options: &pg::PgOptions) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Postgres(Box::new(pg::Postgres::open(options).await?)),
+        })
+    }
+
+    /// The PostgreSQL store, when this is one: what only a cluster needs (leases, the
+    /// cluster probe of a key, notifications).
+    pub fn cluster(&self) -> Option<&pg::Postgres> {
+        match &self.backend {
+            Backend::Postgres(p) => Some(p),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite backend, for tests that reach below the store's API.
+    #[cfg(test)]
+    pub(crate) fn sqlite(&self) -> &Sqlite {
+        match &self.backend {
+            Backend::Sqlite(s) => s,
+            Backend::Postgres(_) => panic!("not a SQLite store"),
+        }
     }
 
     /// Stores a new job, all its parts `Queued`, and claims its idempotency key (if any)
@@ -538,7 +536,10 @@ impl Store {
     /// claimed by a mapping made since its `not_before`, nothing is stored and that
     /// mapping is returned ([`Inserted::Existing`]).
     pub async fn insert_job(&self, job: NewJob) -> Result<Inserted, StoreError> {
-        self.write(move |c| changes::insert_job(c, &job)).await
+        match &self.backend {
+            Backend::Sqlite(s) => s.insert_job(job).await,
+            Backend::Postgres(p) => p.insert_job(job).await,
+        }
     }
 
     /// The job `owner`'s `key` was claimed for, if the claim was made since `not_before`
@@ -549,16 +550,19 @@ impl Store {
         key: &str,
         not_before: i64,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let (owner, key) = (owner.to_owned(), key.to_owned());
-        self.read(move |c| idempotency::lookup(c, &owner, &key, not_before))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.idempotent_job(owner, key, not_before).await,
+            Backend::Postgres(p) => p.idempotent_job(owner, key, not_before).await,
+        }
     }
 
     /// Deletes at most `limit` expired idempotency mappings (made before `before`, unix
     /// ms), oldest first; returns how many were deleted.
     pub async fn purge_idempotency(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
-        self.write(move |c| idempotency::purge(c, before, limit))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.purge_idempotency(before, limit).await,
+            Backend::Postgres(p) => p.purge_idempotency(before, limit).await,
+        }
     }
 
     /// The part is being sent: `attempts += 1`, state `InFlight`, `sent_at = now_ms`.
@@ -566,26 +570,28 @@ impl Store {
     /// otherwise
     /// [`StoreError::WrongState`] (e.g. cancelled meanwhile: do not send it).
     pub async fn mark_in_flight(&self, job: &str, seq: u32, now_ms: i64) -> Result<(), StoreError> {
-        let job = job.to_owned();
-        self.write(move |c| changes::mark_in_flight(c, &job, seq, now_ms))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.mark_in_flight(job, seq, now_ms).await,
+            Backend::Postgres(p) => p.mark_in_flight(job, seq, now_ms).await,
+        }
     }
 
     /// An `InFlight` part goes back to `Queued`, not to be sent before
     /// `retry.next_attempt_at`. `retry.count_attempt: false` (a 429, an unreachable API)
     /// takes back the attempt that [`Store::mark_in_flight`] counted. `reconcile_from` and
     /// `blind_resends` are written as given. If the job was cancelled meanwhile, the part
-    /// becomes `Cancelled` instead.
+    /// becomes `Cancelled` instead. Returns the part's new state.
     pub async fn schedule_retry(
         &self,
         job: &str,
         seq: u32,
         retry: Retry,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let job = job.to_owned();
-        self.write(move |c| changes::schedule_retry(c, &job, seq, retry, now_ms))
-            .await
+    ) -> Result<PartState, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.schedule_retry(job, seq, retry, now_ms).await,
+            Backend::Postgres(p) => p.schedule_retry(job, seq, retry, now_ms).await,
+        }
     }
 
     /// A `Queued` (or `InFlight`, after a restart) part that was not sent this turn is
@@ -599,20 +605,31 @@ impl Store {
         reconcile_from: Option<i64>,
         blind_resends: u32,
         now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let job = job.to_owned();
-        self.write(move |c| {
-            changes::postpone(
-                c,
-                &job,
-                seq,
-                next_attempt_at,
-                reconcile_from,
-                blind_resends,
-                now_ms,
-            )
-        })
-        .await
+    ) -> Result<PartState, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.postpone(
+                    job,
+                    seq,
+                    next_attempt_at,
+                    reconcile_from,
+                    blind_resends,
+                    now_ms,
+                )
+                .await
+            }
+            Backend::Postgres(p) => {
+                p.postpone(
+                    job,
+                    seq,
+                    next_attempt_at,
+                    reconcile_from,
+                    blind_resends,
+                    now_ms,
+                )
+                .await
+            }
+        }
     }
 
     /// Records what a lookup decided for an open part about to be sent: `reconcile_from`
@@ -624,9 +641,16 @@ impl Store {
         reconcile_from: Option<i64>,
         blind_resends: u32,
     ) -> Result<(), StoreError> {
-        let job = job.to_owned();
-        self.write(move |c| changes::note_reconcile(c, &job, seq, reconcile_from, blind_resends))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.note_reconcile(job, seq, reconcile_from, blind_resends)
+                    .await
+            }
+            Backend::Postgres(p) => {
+                p.note_reconcile(job, seq, reconcile_from, blind_resends)
+                    .await
+            }
+        }
     }
 
     /// A `Queued` or `InFlight` part is final: `state` is `Succeeded`, `Failed` or
@@ -640,9 +664,16 @@ impl Store {
         last_error: Option<String>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let job = job.to_owned();
-        self.write(move |c| changes::finish_part(c, &job, seq, state, response, last_error, now_ms))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                s.finish_part(job, seq, state, response, last_error, now_ms)
+                    .await
+            }
+            Backend::Postgres(p) => {
+                p.finish_part(job, seq, state, response, last_error, now_ms)
+                    .await
+            }
+        }
     }
 
     /// Replaces a `Queued` or `InFlight` part of a bulk job by smaller `Queued` parts,
@@ -656,22 +687,24 @@ impl Store {
         into: Vec<NewPart>,
         now_ms: i64,
     ) -> Result<Vec<u32>, StoreError> {
-        let job = job.to_owned();
-        self.write(move |c| changes::split_part(c, &job, seq, &into, now_ms))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.split_part(job, seq, into, now_ms).await,
+            Backend::Postgres(p) => p.split_part(job, seq, into, now_ms).await,
+        }
     }
 
     /// Cancels the job's `Queued` parts (parts in flight finish, and are not retried).
-    /// Returns how many recipients were cancelled, or `None` if `owner` has no such job.
+    /// Returns the recipients and bytes cancelled, or `None` if `owner` has no such job.
     pub async fn cancel_job(
         &self,
         job: &str,
         owner: &str,
         now_ms: i64,
-    ) -> Result<Option<u64>, StoreError> {
-        let (job, owner) = (job.to_owned(), owner.to_owned());
-        self.write(move |c| changes::cancel_job(c, &job, &owner, now_ms))
-            .await
+    ) -> Result<Option<(u64, u64)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.cancel_job(job, owner, now_ms).await,
+            Backend::Postgres(p) => p.cancel_job(job, owner, now_ms).await,
+        }
     }
 
     /// Queues the job's `Failed` parts again (attempts 0, no wait, stored answer cleared),
@@ -686,32 +719,43 @@ impl Store {
         api_key: Option<Vec<u8>>,
         now_ms: i64,
     ) -> Result<Option<Vec<u32>>, StoreError> {
-        let (job, owner) = (job.to_owned(), owner.to_owned());
-        self.write(move |c| changes::retry_failed(c, &job, &owner, api_key, now_ms))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.retry_failed(job, owner, api_key, now_ms).await,
+            Backend::Postgres(p) => p.retry_failed(job, owner, api_key, now_ms).await,
+        }
     }
 
     /// Deletes at most `limit` finished jobs last changed before `before` (unix ms), oldest
     /// first, with their parts, bodies and idempotency keys. Returns how many.
     pub async fn purge_finished(&self, before: i64, limit: u32) -> Result<usize, StoreError> {
-        self.write(move |c| housekeeping::purge_finished(c, before, limit))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.purge_finished(before, limit).await,
+            Backend::Postgres(p) => p.purge_finished(before, limit).await,
+        }
     }
 
     /// Records what was learned about a key (replacing what was kept before).
     pub async fn save_key(&self, record: KeyRecord) -> Result<(), StoreError> {
-        self.write(move |c| changes::save_key(c, &record)).await
+        match &self.backend {
+            Backend::Sqlite(s) => s.save_key(record).await,
+            Backend::Postgres(p) => p.save_key(record).await,
+        }
     }
 
     /// Every key's learned state, for the start.
     pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        self.read(reader::keys).await
+        match &self.backend {
+            Backend::Sqlite(s) => s.keys().await,
+            Backend::Postgres(p) => p.keys().await,
+        }
     }
 
     /// The job with its parts, or `None` if `owner` has no such job.
     pub async fn job(&self, id: &str, owner: &str) -> Result<Option<JobRecord>, StoreError> {
-        let (id, owner) = (id.to_owned(), owner.to_owned());
-        self.read(move |c| reader::job(c, &id, &owner)).await
+        match &self.backend {
+            Backend::Sqlite(s) => s.job(id, owner).await,
+            Backend::Postgres(p) => p.job(id, owner).await,
+        }
     }
 
     /// The owner's jobs, newest first, at most `limit`, optionally in one state, and only
@@ -724,15 +768,79 @@ impl Store {
         limit: u32,
         before: Option<(i64, String)>,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let owner = owner.to_owned();
-        self.read(move |c| reader::list_jobs(c, &owner, state, limit, before.as_ref()))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.list_jobs(owner, state, limit, before).await,
+            Backend::Postgres(p) => p.list_jobs(owner, state, limit, before).await,
+        }
     }
 
-    /// Every `Queued` or `InFlight` part, oldest job first: at startup, all that is left
-    /// to send (an `InFlight` part was in flight at a crash and is sent again).
+    /// This start's run number: parts it takes into memory are marked with it.
+    pub fn run(&self) -> i64 {
+        match &self.backend {
+            Backend::Sqlite(s) => s.run(),
+            Backend::Postgres(p) => p.run(),
+        }
+    }
+
+    /// Takes at most `limit` of the owner's due parts (`next_attempt_at` unset or not after
+    /// `now_ms`) that this run has not taken yet, oldest due first, and marks them taken. A
+    /// part goes back to being takeable when it is put back in the queue
+    /// ([`Store::schedule_retry`], [`Store::postpone`]); at the next start everything is.
+    /// A part found `InFlight` was in flight when sluice stopped (see
+    /// [`Dispatchable::reconcile_from`]).
+    pub async fn claim(
+        &self,
+        owner_no: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Dispatchable>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.claim(owner_no, now_ms, limit).await,
+            Backend::Postgres(p) => p.claim(owner_no, now_ms, limit).await,
+        }
+    }
+
+    /// When the owner's next part that this run has not taken is due (unix ms, 0 for
+    /// now), if it has one.
+    pub async fn next_due(&self, owner_no: i64) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.next_due(owner_no).await,
+            Backend::Postgres(p) => p.next_due(owner_no, crate::clock::now_ms()).await,
+        }
+    }
+
+    /// The owners (numbers and keys) that have parts still to send.
+    pub async fn open_owners(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.open_owners().await,
+            Backend::Postgres(p) => p.open_owners().await,
+        }
+    }
+
+    /// The number of the owner `key` (a [`crate::apikey::KeyId::full`]), if it has jobs.
+    pub async fn owner_no(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.owner_no(key).await,
+            Backend::Postgres(p) => p.owner_no(key).await,
+        }
+    }
+
+    /// Recipients and bytes in open parts, for the back-pressure figures at start.
+    pub async fn backlog(&self) -> Result<(u64, u64), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.backlog().await,
+            Backend::Postgres(p) => p.backlog().await,
+        }
+    }
+
+    /// Every `Queued` or `InFlight` part, oldest job first (an `InFlight` part was in
+    /// flight at a crash and is sent again). Loads them all: for tests and tools; the
+    /// dispatcher pages with [`Store::claim`].
     pub async fn unfinished(&self) -> Result<Vec<Dispatchable>, StoreError> {
-        self.read(reader::unfinished).await
+        match &self.backend {
+            Backend::Sqlite(s) => s.unfinished().await,
+            Backend::Postgres(p) => p.unfinished().await,
+        }
     }
 
     /// The given parts of a job, those of them that are `Queued` or `InFlight`, in the
@@ -742,9 +850,10 @@ impl Store {
         job: &str,
         seqs: &[u32],
     ) -> Result<Vec<Dispatchable>, StoreError> {
-        let (job, seqs) = (job.to_owned(), seqs.to_vec());
-        self.read(move |c| reader::dispatchable(c, &job, &seqs))
-            .await
+        match &self.backend {
+            Backend::Sqlite(s) => s.dispatchable(job, seqs).await,
+            Backend::Postgres(p) => p.dispatchable(job, seqs).await,
+        }
     }
 
     /// The request body for a part. For a bulk job: the body with its recipients array
@@ -752,60 +861,28 @@ impl Store {
     /// from only the byte ranges it needs. For a single send: the whole body (`bytes` is
     /// not used).
     pub async fn part_body(&self, job: &str, bytes: Range<u64>) -> Result<Bytes, StoreError> {
-        let job = job.to_owned();
-        self.read(move |c| reader::part_body(c, &job, bytes)).await
+        match &self.backend {
+            Backend::Sqlite(s) => s.part_body(job, bytes).await,
+            Backend::Postgres(p) => p.part_body(job, bytes).await,
+        }
     }
 
     /// Figures for metrics; see [`StoreStats`]. Counts scan the jobs and parts indexes, so
     /// call it at scrape intervals, not per request.
     pub async fn stats(&self, now_ms: i64) -> Result<StoreStats, StoreError> {
-        let path = self.readers.path().to_owned();
-        self.read(move |c| reader::stats(c, &path, now_ms)).await
+        match &self.backend {
+            Backend::Sqlite(s) => s.stats(now_ms).await,
+            Backend::Postgres(p) => p.stats(now_ms).await,
+        }
     }
 
     /// False after a write failed for the disk's sake (full, I/O error, read-only), until a
     /// later commit succeeds: for `/readyz`. Every such failure is also logged and returned
     /// to the caller as [`StoreError::Write`].
     pub fn is_writable(&self) -> bool {
-        self.writable.load(Ordering::Acquire)
-    }
-
-    /// Sends `work` to the writer thread and waits for its commit.
-    async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (reply, answer) = oneshot::channel();
-        let ops = self.writer.as_ref().ok_or(StoreError::Closed)?;
-        ops.send(writer::op(work, reply))
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Runs `work` on a read connection on tokio's blocking pool.
-    async fn read<T, F>(&self, work: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let readers = Arc::clone(&self.readers);
-        match tokio::task::spawn_blocking(move || readers.run(work)).await {
-            Ok(result) => result,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(_) => Err(StoreError::Closed),
-        }
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        // Closing the channel ends the writer once it has committed what was sent.
-        drop(self.writer.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("the job store's writer thread panicked");
-            }
+        match &self.backend {
+            Backend::Sqlite(s) => s.is_writable(),
+            Backend::Postgres(p) => p.is_writable(),
         }
     }
 }

@@ -21,7 +21,6 @@ use super::model::{
 };
 use super::phone::PhoneKey;
 use super::queue::{Queue, Record, Stage};
-use super::state::{SendError, SendKind};
 
 /// What one API key owns.
 #[derive(Debug)]
@@ -41,6 +40,32 @@ pub struct Campaign {
     pub sms_fallback: bool,
     /// Every phone number accepted for this campaign, to count duplicates.
     pub seen: HashSet<PhoneKey>,
+}
+
+/// Which send endpoint was called: bulk or single, and the channel in its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendKind {
+    pub bulk: bool,
+    pub channel: Channel,
+}
+
+/// Why a send was refused, in the order the checks run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendError {
+    CampaignNotFound,
+    NotActive(CampaignStatus),
+    /// A single send to a bulk campaign.
+    BulkCampaign,
+    /// A bulk send to a transactional campaign.
+    NotBulk,
+    /// The path's channel, which the campaign is not.
+    WrongChannel(Channel),
+    /// Accepting would take the company over `max_allowed` pending messages.
+    OverCapacity {
+        pending: u64,
+        requested: u64,
+        max_allowed: u64,
+    },
 }
 
 /// How a message that left the queue ended.

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use super::company::{message_id, Campaign, Company};
+pub use super::company::{SendError, SendKind};
 use super::faults::CapacityFlip;
 use super::model::{
     CampaignStatus, CampaignType, CampaignView, Channel, Id, MessageView, Template,
@@ -49,32 +50,6 @@ pub struct CampaignDraft {
 pub enum CampaignError {
     TemplateNotFound,
     Invalid(Errors),
-}
-
-/// Which send endpoint was called: bulk or single, and the channel in its path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SendKind {
-    pub bulk: bool,
-    pub channel: Channel,
-}
-
-/// Why a send was refused, in the order the checks run.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SendError {
-    CampaignNotFound,
-    NotActive(CampaignStatus),
-    /// A single send to a bulk campaign.
-    BulkCampaign,
-    /// A bulk send to a transactional campaign.
-    NotBulk,
-    /// The path's channel, which the campaign is not.
-    WrongChannel(Channel),
-    /// Accepting would take the company over `max_allowed` pending messages.
-    OverCapacity {
-        pending: u64,
-        requested: u64,
-        max_allowed: u64,
-    },
 }
 
 /// The result of an accepted send.

@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod pg;
+pub mod prom;
 pub mod queue;
 pub mod sim;
 

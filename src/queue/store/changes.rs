@@ -10,8 +10,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::housekeeping;
 use super::rows::{self, int};
 use super::{
-    derive_state, idempotency, Inserted, JobState, KeyRecord, NewJob, NewPart, PartCounts,
-    PartState, Retry, StoreError, StoredResponse,
+    derive_state, idempotency, Dispatchable, Inserted, JobState, KeyRecord, NewJob, NewPart,
+    PartCounts, PartState, Retry, StoreError, StoredResponse,
 };
 
 /// The job row, as the changes need it.
@@ -25,8 +25,15 @@ struct JobRow {
     cancelled: bool,
 }
 
+/// A part's ranges, for [`check_split`].
+struct PartRange<'a> {
+    items: &'a std::ops::Range<u64>,
+    bytes: &'a std::ops::Range<u64>,
+}
+
 /// The part row, as the changes need it.
 struct PartRow {
+    owner_no: i64,
     items: std::ops::Range<u64>,
     bytes: std::ops::Range<u64>,
     state: PartState,
@@ -80,10 +87,11 @@ pub(super) fn insert_job(conn: &Connection, job: &NewJob) -> Result<Inserted, St
     let no = conn.last_insert_rowid();
     conn.prepare_cached("INSERT INTO bodies (job_no, body) VALUES (?1, ?2)")?
         .execute(params![no, &job.body[..]])?;
+    let owner_no = owner_no(conn, &job.owner)?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO parts (job_no, seq, item_start, item_end, byte_start, byte_end, state,
-             attempts, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7)",
+             attempts, updated_at, owner_no)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?8)",
     )?;
     for (seq, part) in (0u32..).zip(&job.parts) {
         insert.execute(params![
@@ -94,6 +102,7 @@ pub(super) fn insert_job(conn: &Connection, job: &NewJob) -> Result<Inserted, St
             int(part.bytes.start)?,
             int(part.bytes.end)?,
             job.now_ms,
+            owner_no,
         ])?;
     }
     housekeeping::added(conn, derive_state(&counts), counts.queued)?;
@@ -130,7 +139,7 @@ pub(super) fn schedule_retry(
     seq: u32,
     retry: Retry,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<PartState, StoreError> {
     let mut job = load_job(conn, id, None)?.ok_or(StoreError::NotFound)?;
     let part = load_part(conn, job.no, seq)?;
     if part.state != PartState::InFlight {
@@ -148,7 +157,8 @@ pub(super) fn schedule_retry(
     };
     conn.prepare_cached(
         "UPDATE parts SET state = ?3, attempts = ?4, last_status = ?5, last_error = ?6,
-             next_attempt_at = ?7, updated_at = ?8, reconcile_from = ?9, blind_resends = ?10
+             next_attempt_at = ?7, updated_at = ?8, reconcile_from = ?9, blind_resends = ?10,
+             claimed_by = NULL
          WHERE job_no = ?1 AND seq = ?2",
     )?
     .execute(params![
@@ -168,7 +178,8 @@ pub(super) fn schedule_retry(
         .counts
         .attempts
         .saturating_sub(u64::from(part.attempts - attempts));
-    save_counts(conn, &job, now)
+    save_counts(conn, &job, now)?;
+    Ok(to)
 }
 
 /// [`super::Store::postpone`].
@@ -180,7 +191,7 @@ pub(super) fn postpone(
     reconcile_from: Option<i64>,
     blind_resends: u32,
     now: i64,
-) -> Result<(), StoreError> {
+) -> Result<PartState, StoreError> {
     let mut job = load_job(conn, id, None)?.ok_or(StoreError::NotFound)?;
     let part = load_part(conn, job.no, seq)?;
     if !part.state.is_open() {
@@ -193,7 +204,7 @@ pub(super) fn postpone(
     };
     conn.prepare_cached(
         "UPDATE parts SET state = ?3, next_attempt_at = ?4, updated_at = ?5,
-             reconcile_from = ?6, blind_resends = ?7
+             reconcile_from = ?6, blind_resends = ?7, claimed_by = NULL
          WHERE job_no = ?1 AND seq = ?2",
     )?
     .execute(params![
@@ -206,7 +217,8 @@ pub(super) fn postpone(
         blind_resends,
     ])?;
     job.counts.shift(part.state, to, 1);
-    save_counts(conn, &job, now)
+    save_counts(conn, &job, now)?;
+    Ok(to)
 }
 
 /// [`super::Store::note_reconcile`].
@@ -292,7 +304,7 @@ pub(super) fn split_part(
     if !part.state.is_open() {
         return Err(StoreError::WrongState(part.state));
     }
-    check_split(&part, into)?;
+    check_split(&part.items, &part.bytes, into)?;
     let max: u32 = conn
         .prepare_cached("SELECT MAX(seq) FROM parts WHERE job_no = ?1")?
         .query_row([job.no], |row| row.get(0))?;
@@ -311,8 +323,8 @@ pub(super) fn split_part(
     };
     let mut insert = conn.prepare_cached(
         "INSERT INTO parts (job_no, seq, item_start, item_end, byte_start, byte_end, state,
-             attempts, last_status, last_error, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             attempts, last_status, last_error, updated_at, owner_no)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     let seqs: Vec<u32> = (first..first + count).collect();
     for (&new, piece) in seqs.iter().zip(into) {
@@ -328,6 +340,7 @@ pub(super) fn split_part(
             part.last_status,
             part.last_error,
             now,
+            part.owner_no,
         ])?;
     }
     let n = u64::from(count);
@@ -346,16 +359,17 @@ pub(super) fn cancel_job(
     id: &str,
     owner: &str,
     now: i64,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<Option<(u64, u64)>, StoreError> {
     let Some(mut job) = load_job(conn, id, Some(owner))? else {
         return Ok(None);
     };
-    let (parts, recipients): (i64, i64) = conn
+    let (parts, recipients, bytes): (i64, i64, i64) = conn
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(item_end - item_start), 0) FROM parts
+            "SELECT COUNT(*), COALESCE(SUM(item_end - item_start), 0),
+                 COALESCE(SUM(byte_end - byte_start), 0) FROM parts
              WHERE job_no = ?1 AND state = 'queued'",
         )?
-        .query_row([job.no], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        .query_row([job.no], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
     conn.prepare_cached(
         "UPDATE parts SET state = 'cancelled', next_attempt_at = NULL, updated_at = ?2
          WHERE job_no = ?1 AND state = 'queued'",
@@ -369,7 +383,7 @@ pub(super) fn cancel_job(
         parts.unsigned_abs(),
     );
     save_counts(conn, &job, now)?;
-    Ok(Some(recipients.unsigned_abs()))
+    Ok(Some((recipients.unsigned_abs(), bytes.unsigned_abs())))
 }
 
 /// [`super::Store::retry_failed`].
@@ -400,7 +414,7 @@ pub(super) fn retry_failed(
     }
     conn.prepare_cached(
         "UPDATE parts SET state = 'queued', attempts = 0, next_attempt_at = NULL, updated_at = ?2,
-             resp_status = NULL, resp_headers = NULL, resp_body = NULL
+             resp_status = NULL, resp_headers = NULL, resp_body = NULL, claimed_by = NULL
          WHERE job_no = ?1 AND state = 'failed'",
     )?
     .execute(params![job.no, now])?;
@@ -444,6 +458,34 @@ pub(super) fn save_key(conn: &Connection, key: &KeyRecord) -> Result<(), StoreEr
     Ok(())
 }
 
+/// [`super::Store::claim`]: an owner's due parts not yet taken by this run, oldest due
+/// first, marked taken.
+pub(super) fn claim(
+    conn: &Connection,
+    owner_no: i64,
+    now: i64,
+    run: i64,
+    limit: u32,
+) -> Result<Vec<Dispatchable>, StoreError> {
+    let parts = super::reader::due(conn, owner_no, now, run, limit)?;
+    let mut mark =
+        conn.prepare_cached("UPDATE parts SET claimed_by = ?3 WHERE job_no = ?1 AND seq = ?2")?;
+    for part in &parts {
+        mark.execute(params![part.job_no, part.seq, run])?;
+    }
+    Ok(parts)
+}
+
+/// The number of `owner` in `owners`, made if it has none.
+fn owner_no(conn: &Connection, owner: &str) -> Result<i64, StoreError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO owners (key) VALUES (?1)")?
+        .execute([owner])?;
+    let no = conn
+        .prepare_cached("SELECT no FROM owners WHERE key = ?1")?
+        .query_row([owner], |row| row.get(0))?;
+    Ok(no)
+}
+
 // === helpers ===
 
 /// The job with this id (and this owner, if given), or `None`.
@@ -480,11 +522,13 @@ fn load_job(
 /// Part `seq` of job `no`, or [`StoreError::NotFound`].
 fn load_part(conn: &Connection, no: i64, seq: u32) -> Result<PartRow, StoreError> {
     conn.prepare_cached(
-        "SELECT item_start, item_end, byte_start, byte_end, state, attempts, last_status, last_error
+        "SELECT item_start, item_end, byte_start, byte_end, state, attempts, last_status, last_error,
+             owner_no
          FROM parts WHERE job_no = ?1 AND seq = ?2",
     )?
     .query_row(params![no, seq], |row| {
         Ok(PartRow {
+            owner_no: row.get(8)?,
             items: rows::range(row, 0)?,
             bytes: rows::range(row, 2)?,
             state: row.get(4)?,
@@ -536,7 +580,7 @@ fn save_counts(conn: &Connection, job: &JobRow, now: i64) -> Result<(), StoreErr
 }
 
 /// Checks a new job's shape; returns its number of recipients.
-fn check_new_job(job: &NewJob) -> Result<u64, StoreError> {
+pub(super) fn check_new_job(job: &NewJob) -> Result<u64, StoreError> {
     let invalid = |why: String| Err(StoreError::Invalid(why));
     let len = job.body.len() as u64;
     if job.id.is_empty() {
@@ -580,9 +624,14 @@ fn check_new_job(job: &NewJob) -> Result<u64, StoreError> {
     Ok(recipients)
 }
 
-/// Checks that `into` covers `part`'s items exactly, in order, each piece non-empty, with
-/// bytes in order within the part's bytes.
-fn check_split(part: &PartRow, into: &[NewPart]) -> Result<(), StoreError> {
+/// Checks that `into` covers a part's `items` exactly, in order, each piece non-empty,
+/// with bytes in order within the part's `bytes`.
+pub(super) fn check_split(
+    items: &std::ops::Range<u64>,
+    bytes: &std::ops::Range<u64>,
+    into: &[NewPart],
+) -> Result<(), StoreError> {
+    let part = PartRange { items, bytes };
     let (mut item, mut byte) = (part.items.start, part.bytes.start);
     for (i, piece) in into.iter().enumerate() {
         if piece.items.start != item || piece.items.is_empty() {

@@ -12,7 +12,8 @@ use super::rows::{self, int};
 use super::{JobState, PartCounts, PartState, StoreError};
 
 /// The states of a finished job, which the purge may delete.
-const FINAL: &str = "'succeeded', 'partially_failed', 'failed', 'cancelled', 'uncertain'";
+pub(super) const FINAL: &str =
+    "'succeeded', 'partially_failed', 'failed', 'cancelled', 'uncertain'";
 
 /// Adds `delta` to the count of `kind` (`jobs` or `parts`) in `state`.
 fn bump(conn: &Connection, kind: &str, state: &str, delta: i64) -> Result<(), StoreError> {
@@ -53,14 +54,38 @@ pub(super) fn moved(
     from: JobState,
     to: JobState,
 ) -> Result<(), StoreError> {
-    for ((state, was), (_, is)) in by_state(before).into_iter().zip(by_state(after)) {
-        bump(conn, "parts", state.as_str(), int(is)? - int(was)?)?;
-    }
-    if from != to {
-        bump(conn, "jobs", from.as_str(), -1)?;
-        bump(conn, "jobs", to.as_str(), 1)?;
+    for (kind, state, delta) in deltas(before, after, from, to)? {
+        bump(conn, kind, state, delta)?;
     }
     Ok(())
+}
+
+/// How the counters move when a job's parts go from `before` to `after` and the job from
+/// `from` to `to`: `(kind, state, delta)`, zero deltas left out. Pure, for every backend.
+pub(super) fn deltas(
+    before: &PartCounts,
+    after: &PartCounts,
+    from: JobState,
+    to: JobState,
+) -> Result<Vec<(&'static str, &'static str, i64)>, StoreError> {
+    let mut out = Vec::new();
+    for ((state, was), (_, is)) in by_state(before).into_iter().zip(by_state(after)) {
+        let delta = int(is)? - int(was)?;
+        if delta != 0 {
+            out.push(("parts", state.as_str(), delta));
+        }
+    }
+    if from != to {
+        out.push(("jobs", from.as_str(), -1));
+        out.push(("jobs", to.as_str(), 1));
+    }
+    Ok(out)
+}
+
+/// The counters of a job's parts by state, as `(state, count)` (for a deleted job's
+/// counts to be taken away, by any backend).
+pub(super) fn part_counts(c: &PartCounts) -> [(PartState, u64); 6] {
+    by_state(c)
 }
 
 /// A job in `state` with `counts` was deleted.

@@ -42,7 +42,8 @@ const DISPATCH_COLUMNS: &str = "j.id, p.seq, j.owner, j.api_key, j.route, j.meth
     CASE WHEN p.state = 'in_flight' THEN COALESCE(p.reconcile_from, p.sent_at)
          ELSE p.reconcile_from END,
     p.blind_resends, p.last_error,
-    j.n_queued + j.n_in_flight + j.n_succeeded + j.n_failed + j.n_cancelled + j.n_uncertain = 1";
+    j.n_queued + j.n_in_flight + j.n_succeeded + j.n_failed + j.n_cancelled + j.n_uncertain = 1,
+    p.job_no, p.owner_no";
 
 // === impl Readers ===
 
@@ -173,6 +174,80 @@ pub(super) fn unfinished(conn: &Connection) -> Result<Vec<Dispatchable>, StoreEr
         .query_map([], dispatchable_from_row)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(parts)
+}
+
+/// An owner's due parts (`next_attempt_at` unset or not after `now`) not taken by run
+/// `run`, in the order they are due: at most `limit`, through the `parts_due` index.
+pub(super) fn due(
+    conn: &Connection,
+    owner_no: i64,
+    now: i64,
+    run: i64,
+    limit: u32,
+) -> Result<Vec<Dispatchable>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {DISPATCH_COLUMNS} FROM parts p JOIN jobs j ON j.no = p.job_no
+         WHERE p.owner_no = ?1 AND p.state IN ('queued', 'in_flight')
+           AND COALESCE(p.next_attempt_at, 0) <= ?2
+           AND (p.claimed_by IS NULL OR p.claimed_by <> ?3)
+         ORDER BY p.owner_no, COALESCE(p.next_attempt_at, 0), p.job_no, p.item_start
+         LIMIT ?4"
+    ))?;
+    let parts = stmt
+        .query_map(params![owner_no, now, run, limit], dispatchable_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(parts)
+}
+
+/// When the owner's next part not taken by run `run` is due (unix ms; 0: now), if any.
+pub(super) fn next_due(
+    conn: &Connection,
+    owner_no: i64,
+    run: i64,
+) -> Result<Option<i64>, StoreError> {
+    let due = conn
+        .prepare_cached(
+            "SELECT COALESCE(p.next_attempt_at, 0) FROM parts p
+             WHERE p.owner_no = ?1 AND p.state IN ('queued', 'in_flight')
+               AND (p.claimed_by IS NULL OR p.claimed_by <> ?2)
+             ORDER BY p.owner_no, COALESCE(p.next_attempt_at, 0), p.job_no, p.item_start
+             LIMIT 1",
+        )?
+        .query_row(params![owner_no, run], |row| row.get(0))
+        .optional()?;
+    Ok(due)
+}
+
+/// The owners with open parts: their numbers and keys (`KeyId::full`).
+pub(super) fn open_owners(conn: &Connection) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT o.no, o.key FROM owners o
+         WHERE EXISTS (SELECT 1 FROM parts p WHERE p.owner_no = o.no
+                       AND p.state IN ('queued', 'in_flight'))",
+    )?;
+    let owners = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(owners)
+}
+
+/// The number of the owner `key`, if it has one.
+pub(super) fn owner_no(conn: &Connection, key: &str) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT no FROM owners WHERE key = ?1")?
+        .query_row([key], |row| row.get(0))
+        .optional()?)
+}
+
+/// Recipients and bytes in open parts: the back-pressure figures at start.
+pub(super) fn backlog(conn: &Connection) -> Result<(u64, u64), StoreError> {
+    let figures = conn
+        .prepare_cached(
+            "SELECT COALESCE(SUM(item_end - item_start), 0), COALESCE(SUM(byte_end - byte_start), 0)
+             FROM parts WHERE state IN ('queued', 'in_flight')",
+        )?
+        .query_row([], |row| Ok((rows::uint(row, 0)?, rows::uint(row, 1)?)))?;
+    Ok(figures)
 }
 
 pub(super) fn dispatchable(
@@ -334,6 +409,8 @@ fn dispatchable_from_row(row: &Row<'_>) -> rusqlite::Result<Dispatchable> {
         blind_resends: row.get(16)?,
         last_error: row.get(17)?,
         sole: row.get(18)?,
+        job_no: row.get(19)?,
+        owner_no: row.get(20)?,
     })
 }
 

@@ -58,10 +58,17 @@ pub(super) fn encode_headers(headers: &[(String, Vec<u8>)]) -> Result<Vec<u8>, S
 
 /// Reads a column written by [`encode_headers`]; NULL reads as no headers.
 pub(super) fn headers(row: &Row<'_>, idx: usize) -> rusqlite::Result<Headers> {
-    let fail = |why: &str| rusqlite::Error::FromSqlConversionFailure(idx, Type::Blob, why.into());
-    let Some(mut rest) = row.get_ref(idx)?.as_blob_or_null()? else {
+    let Some(blob) = row.get_ref(idx)?.as_blob_or_null()? else {
         return Ok(Vec::new());
     };
+    decode_headers(blob)
+        .map_err(|why| rusqlite::Error::FromSqlConversionFailure(idx, Type::Blob, why.into()))
+}
+
+/// Decodes what [`encode_headers`] wrote.
+pub(super) fn decode_headers(blob: &[u8]) -> Result<Headers, &'static str> {
+    let fail = |why: &'static str| why;
+    let mut rest = blob;
     let mut field = || -> Option<&[u8]> {
         let (len, tail) = rest.split_first_chunk::<4>()?;
         let len = usize::try_from(u32::from_le_bytes(*len)).ok()?;

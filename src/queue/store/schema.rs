@@ -14,7 +14,7 @@ pub const DB_FILE: &str = "sluice.db";
 
 /// The schema version this code writes (`PRAGMA user_version`). Each version's script is
 /// in [`MIGRATIONS`]; a database at version N runs the scripts after N, in order.
-const VERSION: i64 = 4;
+pub(super) const VERSION: i64 = 5;
 
 /// How long a connection waits for a lock before failing with SQLITE_BUSY. Only the
 /// writer writes, so this covers checkpoints and other processes opening the file.
@@ -45,6 +45,12 @@ const STATEMENT_CACHE: usize = 64;
 /// request (method, path and decoded body) and when it was made. A row is written in the
 /// same savepoint as its job, so neither exists without the other. Rows older than
 /// `queue.idempotency_ttl_secs` are ignored and purged, oldest first (`idempotency_created`).
+///
+/// Version 5 (a queue that lives on disk). The dispatcher no longer loads every open part:
+/// it pages due parts in, per owner (API key), a bounded number at a time. `owners` numbers
+/// the owners; `parts.owner_no` and the partial index `parts_due` find an owner's due parts
+/// in order; `parts.claimed_by` holds the run (a random number per start) that took a part
+/// into memory, so the same run does not take it twice, and a new run takes everything.
 ///
 /// Version 4 (bounded state). `counters` keeps how many jobs and parts are in each state,
 /// moved by every write in the same transaction, so metrics never scan the tables.
@@ -146,6 +152,19 @@ CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated_at);
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
 UPDATE jobs SET api_key = NULL
  WHERE state IN ('succeeded', 'partially_failed', 'failed', 'cancelled', 'uncertain');
+", "
+CREATE TABLE IF NOT EXISTS owners (
+    no  INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE
+);
+INSERT OR IGNORE INTO owners (key) SELECT DISTINCT owner FROM jobs;
+ALTER TABLE parts ADD COLUMN owner_no INTEGER NOT NULL DEFAULT 0;
+UPDATE parts SET owner_no = (
+    SELECT o.no FROM jobs j JOIN owners o ON o.key = j.owner WHERE j.no = parts.job_no);
+ALTER TABLE parts ADD COLUMN claimed_by INTEGER;
+CREATE INDEX IF NOT EXISTS parts_due
+    ON parts (owner_no, COALESCE(next_attempt_at, 0), job_no, item_start)
+    WHERE state IN ('queued', 'in_flight');
 ",
 ];
 

@@ -771,7 +771,8 @@ async fn cancel_stops_queued_parts_and_retries_of_parts_in_flight() {
         store
             .cancel_job(&id(1), ALICE, T0 + 1)
             .await
-            .expect("cancel"),
+            .expect("cancel")
+            .map(|(recipients, _)| recipients),
         Some(3)
     );
     let after = store.job(&id(1), ALICE).await.expect("job").expect("found");
@@ -813,7 +814,7 @@ async fn cancel_stops_queued_parts_and_retries_of_parts_in_flight() {
             .cancel_job(&id(1), ALICE, T0 + 4)
             .await
             .expect("cancel"),
-        Some(0)
+        Some((0, 0))
     );
     assert!(store.unfinished().await.expect("unfinished").is_empty());
     assert_counts_match(&dir);
@@ -1159,6 +1160,7 @@ async fn a_full_disk_fails_writes_loudly_until_space_returns() {
         .expect("insert");
     // Cap the file at its current size: SQLite then fails as on a full disk.
     let pages: i64 = store
+        .sqlite()
         .write(|c| {
             let pages: i64 = c.pragma_query_value(None, "page_count", |r| r.get(0))?;
             c.pragma_update(None, "max_page_count", pages)?;
@@ -1179,6 +1181,7 @@ async fn a_full_disk_fails_writes_loudly_until_space_returns() {
     );
 
     store
+        .sqlite()
         .write(move |c| Ok(c.pragma_update(None, "max_page_count", pages * 1000)?))
         .await
         .expect("uncap");
@@ -1326,6 +1329,12 @@ async fn learned_key_state_round_trips_and_is_replaced() {
 /// back to an older version), then opens the store again: the migration runs.
 pub(super) fn downgraded(dir: &tempfile::TempDir, script: &str) -> Store {
     let conn = rusqlite::Connection::open(dir.path().join("data").join(DB_FILE)).expect("open");
+    // Every caller goes below version 5: undo it first.
+    conn.execute_batch(
+        "DROP INDEX parts_due; ALTER TABLE parts DROP COLUMN owner_no;
+         ALTER TABLE parts DROP COLUMN claimed_by; DROP TABLE owners;",
+    )
+    .expect("undo version 5");
     conn.execute_batch(script).expect("downgrade");
     drop(conn);
     Store::open(&dir.path().join("data"), Synchronous::Full).expect("migrate")
@@ -1454,4 +1463,85 @@ async fn a_version_3_database_gets_its_counters_and_drops_finished_keys() {
         .expect("rows");
     assert_eq!(keys, [None, Some(b"k".to_vec())]);
     drop(store);
+}
+
+// === paging: claims ===
+
+#[tokio::test]
+async fn parts_are_claimed_once_per_run_in_due_order_and_released_back() {
+    let (dir, store) = open();
+    for n in 1..=3 {
+        store
+            .insert_job(single(&id(n), ALICE, T0 + i64::from(n)))
+            .await
+            .expect("insert");
+    }
+    store
+        .insert_job(single(&id(9), BOB, T0))
+        .await
+        .expect("insert");
+    let owners = store.open_owners().await.expect("owners");
+    let alice = owners.iter().find(|(_, k)| k == ALICE).expect("alice").0;
+    let bob = owners.iter().find(|(_, k)| k == BOB).expect("bob").0;
+    assert_eq!(store.owner_no(ALICE).await.expect("no"), Some(alice));
+
+    // Alice's due parts, oldest first, at most the limit; Bob's are his own.
+    let first = store.claim(alice, T0 + 10, 2).await.expect("claim");
+    let jobs: Vec<_> = first.iter().map(|p| p.job_id.clone()).collect();
+    assert_eq!(jobs, [id(1), id(2)]);
+    assert!(first.iter().all(|p| p.owner_no == alice));
+    // What this run holds is not taken again.
+    let rest = store.claim(alice, T0 + 10, 10).await.expect("claim");
+    assert_eq!(rest.len(), 1);
+    assert!(store
+        .claim(alice, T0 + 10, 10)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(store.next_due(alice).await.expect("due"), None);
+    assert_eq!(store.claim(bob, T0 + 10, 10).await.expect("claim").len(), 1);
+
+    // A part put back with a later due time is takeable again from then on.
+    store
+        .mark_in_flight(&id(1), 0, T0 + 11)
+        .await
+        .expect("in flight");
+    store
+        .schedule_retry(
+            &id(1),
+            0,
+            retry(Some(429), None, T0 + 5_000, false),
+            T0 + 12,
+        )
+        .await
+        .expect("retry");
+    assert_eq!(store.next_due(alice).await.expect("due"), Some(T0 + 5_000));
+    assert!(store
+        .claim(alice, T0 + 4_999, 10)
+        .await
+        .expect("claim")
+        .is_empty());
+    assert_eq!(
+        store
+            .claim(alice, T0 + 5_000, 10)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+
+    // A new run takes everything still open again; a part in flight at the stop is to be
+    // looked up first.
+    store
+        .mark_in_flight(&id(2), 0, T0 + 20)
+        .await
+        .expect("in flight");
+    drop(store);
+    let store = reopen(&dir);
+    let all = store.claim(alice, T0 + 10_000, 10).await.expect("claim");
+    assert_eq!(all.len(), 3);
+    let in_flight = all.iter().find(|p| p.job_id == id(2)).expect("job 2");
+    assert_eq!(in_flight.reconcile_from, Some(T0 + 20));
+    assert_eq!(store.backlog().await.expect("backlog").0, 4);
+    assert_counts_match(&dir);
 }

@@ -213,7 +213,7 @@ async fn a_version_2_database_is_migrated_in_place() {
     let version: i64 = conn
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 4);
+    assert_eq!(version, super::schema::VERSION);
     let indexed: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE name = 'idempotency_created'",
