@@ -27,14 +27,12 @@ use support::{body, sluice_split, Shape, PART_MAX, POINTER, RECIPIENTS};
 #[inline(never)]
 fn run(body: &[u8], way: &str) -> usize {
     match way {
-        "scan" => {
-            sluice::split::scan(body, POINTER, |_, element| {
-                black_box(element);
-            })
-            .expect("the body splits")
-            .items
-            .len()
-        }
+        "scan" => sluice::split::scan(body, POINTER, |_, element| {
+            black_box(element);
+        })
+        .expect("the body splits")
+        .items
+        .len(),
         "validate" => sluice_split(body, PART_MAX, None).recipients,
         other => panic!("unknown way {other:?}: scan or validate"),
     }
@@ -48,7 +46,9 @@ fn main() {
         Some(other) => panic!("unknown shape {other:?}: strings or objects"),
     };
     let way = args.get(1).map_or("validate", String::as_str);
-    let n = args.get(2).map_or(RECIPIENTS, |n| n.parse().expect("a count"));
+    let n = args
+        .get(2)
+        .map_or(RECIPIENTS, |n| n.parse().expect("a count"));
     let repeats: usize = args.get(3).map_or(1, |r| r.parse().expect("a count"));
     let body = body(shape, n);
     for _ in 0..repeats {

@@ -1061,7 +1061,11 @@ mod tests {
 
     #[test]
     fn object_elements_have_the_named_member_noted() {
-        let keys = |n: usize| (0..n).map(|i| format!(r#""k{i}":{i},"#)).collect::<String>();
+        let keys = |n: usize| {
+            (0..n)
+                .map(|i| format!(r#""k{i}":{i},"#))
+                .collect::<String>()
+        };
         let most = format!(r#"{{{}"phoneNumber":"1"}}"#, keys(KEYS_COMPARED - 1));
         let too_many = format!(r#"{{{}"phoneNumber":"1"}}"#, keys(KEYS_COMPARED));
         let cases = [
@@ -1074,7 +1078,10 @@ mod tests {
                 r#"{"variables":{"n":[1,{"phoneNumber":2}]},"phoneNumber":"38970123456"}"#,
                 r#"unique "38970123456""#,
             ),
-            ("{ \"phoneNumber\"\n:\t\"1\" , \"x\" : [ ] }", r#"unique "1""#),
+            (
+                "{ \"phoneNumber\"\n:\t\"1\" , \"x\" : [ ] }",
+                r#"unique "1""#,
+            ),
             (most.as_str(), r#"unique "1""#),
             // Not a string: the value as it is, for the visitor to refuse.
             (r#"{"phoneNumber":38970123456}"#, "unique 38970123456"),
@@ -1089,8 +1096,14 @@ mod tests {
                 r#"unique "\u0033\u0038970123456""#,
             ),
             // Missing; members of nested objects do not count.
-            (r#"{"variables":{"phoneNumber":"38970123456"}}"#, "unique, none"),
-            (r#"{"phone":"1","list":[{"phoneNumber":"1"}]}"#, "unique, none"),
+            (
+                r#"{"variables":{"phoneNumber":"38970123456"}}"#,
+                "unique, none",
+            ),
+            (
+                r#"{"phone":"1","list":[{"phoneNumber":"1"}]}"#,
+                "unique, none",
+            ),
             ("{}", "unique, none"),
             ("{ }", "unique, none"),
             // Repeated keys, the named one or any other.
@@ -1109,7 +1122,11 @@ mod tests {
         ];
         let body = format!(
             r#"{{"recipients":[{}]}}"#,
-            cases.iter().map(|(e, _)| *e).collect::<Vec<_>>().join(" ,\n ")
+            cases
+                .iter()
+                .map(|(e, _)| *e)
+                .collect::<Vec<_>>()
+                .join(" ,\n ")
         );
         let expected: Vec<&str> = cases.iter().map(|(_, n)| *n).collect();
         assert_eq!(noted(&body, Some("phoneNumber")), expected);
@@ -1117,7 +1134,10 @@ mod tests {
         assert!(noted(&body, None).iter().all(|n| n == "not looked"));
         // Another name works the same way.
         assert_eq!(
-            noted(r#"{"recipients":[{"phoneNumber":"1","to":"2"}]}"#, Some("to")),
+            noted(
+                r#"{"recipients":[{"phoneNumber":"1","to":"2"}]}"#,
+                Some("to")
+            ),
             [r#"unique "2""#]
         );
     }
@@ -1175,7 +1195,10 @@ mod tests {
             }
         }
         // Both verdicts are common enough for the comparison to mean something.
-        assert!(accepted > 1500 && refused > 15_000, "{accepted} accepted, {refused} refused");
+        assert!(
+            accepted > 1500 && refused > 15_000,
+            "{accepted} accepted, {refused} refused"
+        );
     }
 
     #[test]

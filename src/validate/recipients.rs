@@ -409,7 +409,11 @@ mod tests {
 
     #[test]
     fn objects_checked_in_the_pass_get_the_answers_of_a_second_read() {
-        let keys = |n: usize| (0..n).map(|i| format!(r#""k{i}":{i},"#)).collect::<String>();
+        let keys = |n: usize| {
+            (0..n)
+                .map(|i| format!(r#""k{i}":{i},"#))
+                .collect::<String>()
+        };
         let many = format!(r#"{{{}"phoneNumber":"38970123456"}}"#, keys(20));
         let many_repeated = format!(r#"{{{}"k3":1,"phoneNumber":"38970123456"}}"#, keys(20));
         let cases = [
@@ -423,29 +427,47 @@ mod tests {
                 Ok(()),
             ),
             (r#"{ "phoneNumber" : "38970123456" }"#, Ok(())),
-            (r#"{"phoneNumber":"12","variables":{}}"#, Err(text::PHONE_RULE)),
+            (
+                r#"{"phoneNumber":"12","variables":{}}"#,
+                Err(text::PHONE_RULE),
+            ),
             (r#"{"phoneNumber":"","v":1}"#, Err(text::PHONE_RULE)),
             // Missing (only nested ones), or not a string.
-            (r#"{"variables":{"phoneNumber":"38970123456"}}"#, Err(SHAPE_RULE)),
-            (r#"{"to":"38970123456","l":[{"phoneNumber":"38970123456"}]}"#, Err(SHAPE_RULE)),
+            (
+                r#"{"variables":{"phoneNumber":"38970123456"}}"#,
+                Err(SHAPE_RULE),
+            ),
+            (
+                r#"{"to":"38970123456","l":[{"phoneNumber":"38970123456"}]}"#,
+                Err(SHAPE_RULE),
+            ),
             ("{}", Err(SHAPE_RULE)),
             (r#"{"phoneNumber":38970123456}"#, Err(SHAPE_RULE)),
             (r#"{"phoneNumber":null}"#, Err(SHAPE_RULE)),
             (r#"{"phoneNumber":["38970123456"]}"#, Err(SHAPE_RULE)),
-            (r#"{"phoneNumber":{"phoneNumber":"38970123456"}}"#, Err(SHAPE_RULE)),
+            (
+                r#"{"phoneNumber":{"phoneNumber":"38970123456"}}"#,
+                Err(SHAPE_RULE),
+            ),
             // An escaped number is decoded, as before; half a surrogate pair does not decode.
             (r#"{"phoneNumber":"\u0033\u0038970123456"}"#, Ok(())),
             (r#"{"phoneNumber":"\u002b38970123456"}"#, Ok(())),
             (r#"{"phoneNumber":"\u0033"}"#, Err(text::PHONE_RULE)),
             (r#"{"phoneNumber":"38970123456\n"}"#, Err(text::PHONE_RULE)),
-            (r#"{"phoneNumber":"\ud800\u0038970123456"}"#, Err(SHAPE_RULE)),
+            (
+                r#"{"phoneNumber":"\ud800\u0038970123456"}"#,
+                Err(SHAPE_RULE),
+            ),
             // Escaped keys are read again by serde_json, as before.
             (r#"{"phone\u004eumber":"38970123456"}"#, Ok(())),
             (
                 r#"{"phone\u004eumber":"38970123456","phoneNumber":"38970123456"}"#,
                 Err(REPEATED_KEY_RULE),
             ),
-            (r#"{"\ud800":1,"phoneNumber":"38970123456"}"#, Err(SHAPE_RULE)),
+            (
+                r#"{"\ud800":1,"phoneNumber":"38970123456"}"#,
+                Err(SHAPE_RULE),
+            ),
             (
                 r#"{"a":1,"a":2,"\ud800":3,"phoneNumber":"38970123456"}"#,
                 Err(SHAPE_RULE),
