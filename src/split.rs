@@ -4,17 +4,40 @@
 //! while the provider takes at most 200 000 (often fewer) per request. This module owns
 //! the two steps that turn one such body into several smaller ones:
 //!
-//! 1. [`scan`] reads the body **once**, front to back, with serde_json's streaming
-//!    deserializer. It walks only the objects on the way to the array (named by a JSON
-//!    pointer such as `/recipients`), skips every other value without allocating, and
-//!    records where the array and each of its elements sit as **byte offsets** into the
-//!    body ([`RecipientsLayout`]). Each element is also handed to a visitor ([`Visit`]) as
-//!    a borrowed [`RawValue`] during that same pass, so a validator can look at recipients
-//!    without parsing the body a second time; so is every other member of the objects that
-//!    enclose the array (a send's `imageUrl` next to its `recipients`, say).
+//! 1. [`scan`] reads the body **once**, front to back. It walks only the objects on the
+//!    way to the array (named by a JSON pointer such as `/recipients`), skips every other
+//!    value without allocating, and records where the array and each of its elements sit
+//!    as **byte offsets** into the body ([`RecipientsLayout`]). Each element is also
+//!    handed to a visitor ([`Visit`]) during that same pass, so a validator can look at
+//!    recipients without parsing the body a second time; so is every other member of the
+//!    objects that enclose the array (a send's `imageUrl` next to its `recipients`, say).
 //! 2. [`write_part`] builds one part: the original body, byte for byte, with the array
 //!    replaced by `[` + a run of the elements joined by `,` + `]`. [`chunks`] says which
 //!    runs to cut, and [`part_len`] gives a part's exact size for preallocation.
+//!
+//! What the visitor gets, during the pass:
+//! - [`Visit::item`], for each element in order: an [`Element`], whose [`Element::get`] is
+//!   the element's JSON text borrowed from the body (without the whitespace around it),
+//!   and whose [`Element::member`] says what the pass noticed inside an object element:
+//!   where the value of the top-level member named by [`Visit::member`] is (the
+//!   recipients check names `phoneNumber`), and whether any key repeats. That is
+//!   [`Member::Unique`] (keys all distinct; the member's raw JSON value, if it has one) or
+//!   [`Member::Repeated`], judged on the keys as written, so only when no key of the
+//!   object has an escape; an object with an escaped key (or more than
+//!   [`KEYS_COMPARED`] keys) is [`Member::Unknown`], for the visitor to read again
+//!   itself. Members of nested objects are never looked at (`{"variables":
+//!   {"phoneNumber": …}}` has no `phoneNumber`). Anything but an object, or any element
+//!   when the visitor names no member, is [`Member::NotLooked`].
+//! - [`Visit::field`], for each other member of an object on the way to the array, in
+//!   body order: its depth, its key (unescaped) and its value as a `RawValue`.
+//!
+//! How the pass reads: a hand-written reader (`split/fast.rs`) walks the bytes; serde_json
+//! reads only the members around the array (as `RawValue`s) and keys with escapes. The
+//! reader accepts exactly what serde_json accepts and does not explain a refusal: when it
+//! refuses a body, the same body is read again by a serde_json walk, whose error (and
+//! message) is the one returned. So a refused body is read twice; an accepted one once.
+//! Debug builds also run the serde_json walk on every body the reader accepts and check
+//! that both find the same layout.
 //!
 //! Why not `serde_json::Value`? A `Value` tree of a million recipients costs several times
 //! the body in memory and many small allocations, and re-serialising it would change
@@ -34,6 +57,8 @@
 //! will): a number beyond f64's range, and a `\u` escape naming half of a surrogate pair.
 //! What the elements are is not checked either: numbers, strings and objects alike are
 //! items, and validating them is the caller's business.
+
+mod fast;
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -97,13 +122,16 @@ pub enum SplitError {
     DuplicateKey(String),
 }
 
+pub use fast::KEYS_COMPARED;
+
 /// What [`scan`] shows a caller during its single pass over the body.
 ///
 /// [`scan`] takes a closure that looks at the elements only; [`scan_with`] takes a
 /// `Visit` (or `&mut` one, to read its findings afterwards).
 pub trait Visit {
-    /// Element `index` of the array at the pointer, as raw JSON borrowed from the body.
-    fn item(&mut self, index: usize, raw: &RawValue);
+    /// Element `index` of the array at the pointer: its JSON text, borrowed from the body,
+    /// and what the pass noted about it ([`Element::member`]).
+    fn item(&mut self, index: usize, element: &Element<'_>);
 
     /// A member `key` of an object on the way to the array (the body's top-level object is
     /// at `depth` 0), other than the one leading to the array, in body order. Elements of
@@ -111,60 +139,107 @@ pub trait Visit {
     fn field(&mut self, depth: usize, key: &str, raw: &RawValue) {
         let _ = (depth, key, raw);
     }
+
+    /// The key of the top-level member of object elements that [`Visit::item`] wants
+    /// located ([`Member`]); asked once, before the pass. `None` (the default): none, and
+    /// the pass does not look at keys.
+    fn member(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// One element of the array, as [`Visit::item`] is shown it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Element<'b> {
+    json: &'b str,
+    member: Member<'b>,
+}
+
+impl<'b> Element<'b> {
+    /// The element's JSON text, borrowed from the body, without the whitespace around it
+    /// (what its bytes in [`RecipientsLayout::items`] hold).
+    pub fn get(&self) -> &'b str {
+        self.json
+    }
+
+    /// For an object element: its member named by [`Visit::member`], as the pass saw it.
+    pub fn member(&self) -> Member<'b> {
+        self.member
+    }
+}
+
+/// What the pass noted about an object element's top-level members, for the key named by
+/// [`Visit::member`]. Keys are compared as written, so only an object none of whose keys
+/// has an escape is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Member<'b> {
+    /// Not looked at: the element is not an object, or the visitor names no key.
+    NotLooked,
+    /// Every key differs from the others; the named member's value as raw JSON borrowed
+    /// from the body (`"+38970123456"`, quotes and any escapes included), or `None` when
+    /// the object has no such key.
+    Unique(Option<&'b str>),
+    /// Some key appears twice.
+    Repeated,
+    /// Some key has an escape (`"phone\u004eumber"`), or the object has more than
+    /// [`KEYS_COMPARED`] keys: read the element's text to know.
+    Unknown,
 }
 
 /// A closure as a [`Visit`] of the elements only.
 struct Items<F>(F);
 
-impl<F: FnMut(usize, &RawValue)> Visit for Items<F> {
-    fn item(&mut self, index: usize, raw: &RawValue) {
-        (self.0)(index, raw);
+impl<F: FnMut(usize, &Element<'_>)> Visit for Items<F> {
+    fn item(&mut self, index: usize, element: &Element<'_>) {
+        (self.0)(index, element);
     }
 }
 
 impl<V: Visit + ?Sized> Visit for &mut V {
-    fn item(&mut self, index: usize, raw: &RawValue) {
-        (**self).item(index, raw);
+    fn item(&mut self, index: usize, element: &Element<'_>) {
+        (**self).item(index, element);
     }
 
     fn field(&mut self, depth: usize, key: &str, raw: &RawValue) {
         (**self).field(depth, key, raw);
     }
+
+    fn member(&self) -> Option<&'static str> {
+        (**self).member()
+    }
 }
 
-/// The state of one [`scan`], shared by the seeds and visitors below.
-struct Walker<'b, 'p, F> {
+/// The state of one serde_json walk ([`explain`]), shared by the seeds and visitors below.
+struct Walker<'b, 'p> {
     /// The whole body, for finding the array's brackets around its first/last element.
     body: &'b [u8],
     /// The pointer as given, for error messages.
     pointer: &'p str,
     /// The pointer's reference tokens, unescaped (`~1` → `/`, `~0` → `~`).
-    tokens: Vec<Cow<'p, str>>,
-    /// Called with each element of the target array, in order.
-    visit: F,
+    tokens: &'p [Cow<'p, str>],
     /// Filled in when the target array has been read.
     layout: Option<RecipientsLayout>,
     /// A structured error found by a visitor. The visitor then returns a placeholder
-    /// serde error to stop the deserializer; [`scan`] reports this one instead.
+    /// serde error to stop the deserializer; [`explain`] reports this one instead.
     error: Option<SplitError>,
 }
 
 /// Deserializes the value reached after `level` pointer tokens: either a container on the
 /// way to the array (walked with [`PathVisitor`]) or the array itself ([`TargetVisitor`]).
-struct AtPath<'w, 'b, 'p, F> {
-    walker: &'w mut Walker<'b, 'p, F>,
+struct AtPath<'w, 'b, 'p> {
+    walker: &'w mut Walker<'b, 'p>,
     level: usize,
 }
 
 /// Visits a container on the way to the array; see [`AtPath`].
-struct PathVisitor<'w, 'b, 'p, F> {
-    walker: &'w mut Walker<'b, 'p, F>,
+struct PathVisitor<'w, 'b, 'p> {
+    walker: &'w mut Walker<'b, 'p>,
     level: usize,
 }
 
 /// Visits the value at the pointer, which must be a non-empty array.
-struct TargetVisitor<'w, 'b, 'p, F> {
-    walker: &'w mut Walker<'b, 'p, F>,
+struct TargetVisitor<'w, 'b, 'p> {
+    walker: &'w mut Walker<'b, 'p>,
 }
 
 /// Skips a value that is off the path, checking only that it is valid and not too deep.
@@ -190,16 +265,18 @@ const ABORT: &str = "sluice split: stopped";
 /// empty pointer, the whole body, is [`SplitError::BadPointer`]), and the body's top level
 /// must be an object.
 ///
-/// `visit(index, raw)` is called for each element of the array, in order, during the same
-/// pass; `raw` is the element's JSON text, borrowed from `body`. ([`scan_with`] also shows
-/// the other members of the objects on the way to the array.) A validator can collect its
+/// `visit(index, element)` is called for each element of the array, in order, during the
+/// same pass; `element.get()` is the element's JSON text, borrowed from `body`.
+/// ([`scan_with`] also shows the other members of the objects on the way to the array, and
+/// can have the pass locate a member of object elements.) A validator can collect its
 /// findings there. If `scan` then returns an error (say the body turns out to be truncated
 /// after the array), `visit` may already have seen some or all elements: discard what it
 /// collected. `visit` is never called for an element of a second array (a duplicate key is
 /// an error as soon as it is read).
 ///
-/// Time is one pass over the body; extra memory is the returned layout (16 bytes per
-/// element) plus a set of the keys of each object on the way to the array.
+/// Time is one pass over the body (two for a body it refuses: the second one explains the
+/// refusal); extra memory is the returned layout (16 bytes per element) plus a set of the
+/// keys of each object on the way to the array.
 ///
 /// # Errors
 ///
@@ -207,13 +284,14 @@ const ABORT: &str = "sluice split: stopped";
 pub fn scan(
     body: &[u8],
     pointer: &str,
-    visit: impl FnMut(usize, &RawValue),
+    visit: impl FnMut(usize, &Element<'_>),
 ) -> Result<RecipientsLayout, SplitError> {
     scan_with(body, pointer, Items(visit))
 }
 
 /// [`scan`] with a [`Visit`], which also sees the members of the objects on the way to
-/// the array ([`Visit::field`]).
+/// the array ([`Visit::field`]) and may name a member of object elements for the pass to
+/// locate ([`Visit::member`]).
 ///
 /// # Errors
 ///
@@ -221,15 +299,44 @@ pub fn scan(
 pub fn scan_with(
     body: &[u8],
     pointer: &str,
-    visit: impl Visit,
+    mut visit: impl Visit,
 ) -> Result<RecipientsLayout, SplitError> {
     let tokens = parse_pointer(pointer)?;
     let text = std::str::from_utf8(body).map_err(|e| invalid_utf8(body, &e))?;
+    if let Some(layout) = fast::scan(text, &tokens, &mut visit) {
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            explain(text, pointer, &tokens),
+            Ok(layout.clone()),
+            "split: the reader accepted a body that the serde_json walk reads otherwise"
+        );
+        return Ok(layout);
+    }
+    match explain(text, pointer, &tokens) {
+        Err(error) => Err(error),
+        // Unreachable while the two readers agree (tests check that they do). Should they
+        // not, refuse the body: the visitor may have seen only some of its elements.
+        Ok(_) => {
+            debug_assert!(false, "split: the reader refused a body serde_json accepts");
+            Err(SplitError::NotJson(
+                "sluice's two JSON readers disagree about this body (a bug in sluice)".into(),
+            ))
+        }
+    }
+}
+
+/// Reads `text` with serde_json's streaming deserializer, walking the objects on the way to
+/// the array and reading every other value as a borrowed `RawValue`: the reference for
+/// what [`scan`] accepts, and where its errors (and their messages) come from.
+fn explain(
+    text: &str,
+    pointer: &str,
+    tokens: &[Cow<'_, str>],
+) -> Result<RecipientsLayout, SplitError> {
     let mut walker = Walker {
-        body,
+        body: text.as_bytes(),
         pointer,
         tokens,
-        visit,
         layout: None,
         error: None,
     };
@@ -432,7 +539,7 @@ fn invalid_utf8(body: &[u8], error: &std::str::Utf8Error) -> SplitError {
     SplitError::NotJson(format!("invalid UTF-8 at line {line} column {column}"))
 }
 
-impl<F: Visit> Walker<'_, '_, F> {
+impl Walker<'_, '_> {
     /// Records `error` and returns the placeholder serde error that stops the deserializer.
     fn fail<E: de::Error>(&mut self, error: SplitError) -> E {
         self.error = Some(error);
@@ -464,7 +571,7 @@ impl<F: Visit> Walker<'_, '_, F> {
     }
 }
 
-impl<'de, F: Visit> DeserializeSeed<'de> for AtPath<'_, '_, '_, F> {
+impl<'de> DeserializeSeed<'de> for AtPath<'_, '_, '_> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -477,7 +584,7 @@ impl<'de, F: Visit> DeserializeSeed<'de> for AtPath<'_, '_, '_, F> {
     }
 }
 
-impl<F: Visit> PathVisitor<'_, '_, '_, F> {
+impl PathVisitor<'_, '_, '_> {
     /// A value on the way that is not a container: the top level must be an object;
     /// deeper down the pointer simply does not resolve (reported once the body is read).
     fn scalar<E: de::Error>(self) -> Result<(), E> {
@@ -489,7 +596,7 @@ impl<F: Visit> PathVisitor<'_, '_, '_, F> {
     }
 }
 
-impl<'de, F: Visit> Visitor<'de> for PathVisitor<'_, '_, '_, F> {
+impl<'de> Visitor<'de> for PathVisitor<'_, '_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -510,11 +617,10 @@ impl<'de, F: Visit> Visitor<'de> for PathVisitor<'_, '_, '_, F> {
                     level: level + 1,
                 })?;
             } else {
-                let raw = map.next_value_seed(Skip {
+                map.next_value_seed(Skip {
                     error: &mut walker.error,
                     enclosing: level + 1,
                 })?;
-                walker.visit.field(level, &key, raw);
                 seen.insert(key);
             }
         }
@@ -574,7 +680,7 @@ impl<'de, F: Visit> Visitor<'de> for PathVisitor<'_, '_, '_, F> {
     }
 }
 
-impl<'de, F: Visit> Visitor<'de> for TargetVisitor<'_, '_, '_, F> {
+impl<'de> Visitor<'de> for TargetVisitor<'_, '_, '_> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -594,7 +700,6 @@ impl<'de, F: Visit> Visitor<'de> for TargetVisitor<'_, '_, '_, F> {
             }
             // `raw` borrows from the body, so the pointer difference is its offset.
             let start = text.as_ptr() as usize - base;
-            walker.visit.item(items.len(), raw);
             items.push(start..start + text.len());
         }
         if items.is_empty() {
@@ -899,8 +1004,8 @@ mod tests {
             fields: Vec<(usize, String, String)>,
         }
         impl Visit for Seen {
-            fn item(&mut self, index: usize, raw: &RawValue) {
-                self.items.push((index, raw.get().to_string()));
+            fn item(&mut self, index: usize, element: &Element<'_>) {
+                self.items.push((index, element.get().to_string()));
             }
             fn field(&mut self, depth: usize, key: &str, raw: &RawValue) {
                 self.fields
@@ -929,6 +1034,170 @@ mod tests {
                 (0, "bA", "null"),
                 (0, "l", r#"[{"to":[9]}]"#),
             ]
+        );
+    }
+
+    /// What the pass noted about each element, for a visitor naming `member`, written out.
+    fn noted(body: &str, member: Option<&'static str>) -> Vec<String> {
+        struct Noted(Vec<String>, Option<&'static str>);
+        impl Visit for Noted {
+            fn item(&mut self, _: usize, element: &Element<'_>) {
+                self.0.push(match element.member() {
+                    Member::NotLooked => "not looked".into(),
+                    Member::Unique(Some(value)) => format!("unique {value}"),
+                    Member::Unique(None) => "unique, none".into(),
+                    Member::Repeated => "repeated".into(),
+                    Member::Unknown => "unknown".into(),
+                });
+            }
+            fn member(&self) -> Option<&'static str> {
+                self.1
+            }
+        }
+        let mut noted = Noted(Vec::new(), member);
+        scan_with(body.as_bytes(), "/recipients", &mut noted).unwrap();
+        noted.0
+    }
+
+    #[test]
+    fn object_elements_have_the_named_member_noted() {
+        let keys = |n: usize| {
+            (0..n)
+                .map(|i| format!(r#""k{i}":{i},"#))
+                .collect::<String>()
+        };
+        let most = format!(r#"{{{}"phoneNumber":"1"}}"#, keys(KEYS_COMPARED - 1));
+        let too_many = format!(r#"{{{}"phoneNumber":"1"}}"#, keys(KEYS_COMPARED));
+        let cases = [
+            // First, last, with whitespace around: the raw value, quotes included.
+            (
+                r#"{"phoneNumber":"+38970123456","variables":{"name":"Ana"}}"#,
+                r#"unique "+38970123456""#,
+            ),
+            (
+                r#"{"variables":{"n":[1,{"phoneNumber":2}]},"phoneNumber":"38970123456"}"#,
+                r#"unique "38970123456""#,
+            ),
+            (
+                "{ \"phoneNumber\"\n:\t\"1\" , \"x\" : [ ] }",
+                r#"unique "1""#,
+            ),
+            (most.as_str(), r#"unique "1""#),
+            // Not a string: the value as it is, for the visitor to refuse.
+            (r#"{"phoneNumber":38970123456}"#, "unique 38970123456"),
+            (r#"{"phoneNumber":null}"#, "unique null"),
+            (
+                r#"{"phoneNumber":{"phoneNumber":"1"}}"#,
+                r#"unique {"phoneNumber":"1"}"#,
+            ),
+            // An escaped value is handed over as written.
+            (
+                r#"{"phoneNumber":"\u0033\u0038970123456"}"#,
+                r#"unique "\u0033\u0038970123456""#,
+            ),
+            // Missing; members of nested objects do not count.
+            (
+                r#"{"variables":{"phoneNumber":"38970123456"}}"#,
+                "unique, none",
+            ),
+            (
+                r#"{"phone":"1","list":[{"phoneNumber":"1"}]}"#,
+                "unique, none",
+            ),
+            ("{}", "unique, none"),
+            ("{ }", "unique, none"),
+            // Repeated keys, the named one or any other.
+            (r#"{"phoneNumber":"1","phoneNumber":"2"}"#, "repeated"),
+            (r#"{"phoneNumber":"1","v":1,"v":2}"#, "repeated"),
+            // A key with an escape, or too many keys: not judged.
+            (r#"{"phone\u004eumber":"38970123456"}"#, "unknown"),
+            (r#"{"phoneNumber":"1","\u0061":1}"#, "unknown"),
+            (r#"{"a":1,"a":2,"\ud800":3}"#, "unknown"),
+            (too_many.as_str(), "unknown"),
+            // Not objects.
+            (r#""+38970123456""#, "not looked"),
+            (r#"["phoneNumber","1"]"#, "not looked"),
+            ("38970123456", "not looked"),
+            ("null", "not looked"),
+        ];
+        let body = format!(
+            r#"{{"recipients":[{}]}}"#,
+            cases
+                .iter()
+                .map(|(e, _)| *e)
+                .collect::<Vec<_>>()
+                .join(" ,\n ")
+        );
+        let expected: Vec<&str> = cases.iter().map(|(_, n)| *n).collect();
+        assert_eq!(noted(&body, Some("phoneNumber")), expected);
+        // A visitor naming no member has nothing noted.
+        assert!(noted(&body, None).iter().all(|n| n == "not looked"));
+        // Another name works the same way.
+        assert_eq!(
+            noted(
+                r#"{"recipients":[{"phoneNumber":"1","to":"2"}]}"#,
+                Some("to")
+            ),
+            [r#"unique "2""#]
+        );
+    }
+
+    /// Bodies that cover every path through the reader, each cut and edited at random: the
+    /// reader and the serde_json walk agree on every one (the same layout, or both refuse).
+    #[test]
+    fn the_reader_agrees_with_the_serde_json_walk() {
+        let seeds = [
+            (
+                r#"{"a":{"b":[1,"x\"y",{"c":[true,false,null]}]},"recipients":[ "+1" , {"phoneNumber":"2","variables":{"n":"A\u00e9\n","l":[-0.5e+3,10,0]}} ],"z":null}"#,
+                "/recipients",
+            ),
+            (
+                r#"{"m":[{"to":[1]},{"x":"\ud83d\ude00","to":[{"phoneNumber":"1","a":[],"b":{}},"2",-1E-2]}],"k\u0065y":{}}"#,
+                "/m/1/to",
+            ),
+            (
+                " \r\n{ \"recipients\" :\t[\n{ \"a\" : [ 1 , [ ] ] , \"phoneNumber\" : \"3\" } ] , \"x\" : \"\\/\" } \n",
+                "/recipients",
+            ),
+        ];
+        let alphabet = b"\"\\{}[],: 0123456789-+.eEtrufalsnu/\x01\x7f\xc3\xa9";
+        // A small deterministic generator, so that a failure is easy to replay.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for (seed, pointer) in seeds {
+            let tokens = parse_pointer(pointer).unwrap();
+            for round in 0..10_000 {
+                let mut body = seed.as_bytes().to_vec();
+                for _ in 0..1 + round % 3 {
+                    let at = next(body.len() + 1);
+                    let byte = alphabet[next(alphabet.len())];
+                    match next(4) {
+                        0 if at < body.len() => body[at] = byte,
+                        1 if at < body.len() => drop(body.remove(at)),
+                        2 => body.truncate(at),
+                        _ => body.insert(at, byte),
+                    }
+                }
+                let Ok(text) = std::str::from_utf8(&body) else {
+                    continue;
+                };
+                let fast = fast::scan(text, &tokens, Items(|_, _: &Element<'_>| {}));
+                let walk = explain(text, pointer, &tokens);
+                assert_eq!(fast, walk.as_ref().ok().cloned(), "{text}: {walk:?}");
+                accepted += usize::from(fast.is_some());
+                refused += usize::from(fast.is_none());
+            }
+        }
+        // Both verdicts are common enough for the comparison to mean something.
+        assert!(
+            accepted > 1500 && refused > 15_000,
+            "{accepted} accepted, {refused} refused"
         );
     }
 

@@ -1,18 +1,25 @@
 //! Checking a bulk send's recipients inside the splitter's single pass.
 //!
 //! [`crate::split::scan`] reads a bulk body once and shows each recipient to a
-//! [`crate::split::Visit`] as raw JSON borrowed from the body. [`RecipientsCheck`] is that
-//! visitor: a million recipients are checked in the same pass that finds them, with no
-//! second parse and no `Value` tree. The common case, a string without escapes
-//! (`"+38970123456"`), is checked on its bytes with no allocation at all; strings with
-//! escapes and objects (`{"phoneNumber": "…", "variables": {…}}`) go through serde_json
-//! on the element's own text. Members of the objects around the array (`imageUrl` next to
+//! [`crate::split::Visit`] as an [`Element`]: its raw JSON borrowed from the body, plus
+//! what the pass noted inside an object. [`RecipientsCheck`] is that visitor: a million
+//! recipients are checked in the same pass that finds them, with no second parse and no
+//! `Value` tree. A string without escapes (`"+38970123456"`) is checked on its bytes in
+//! place. For an object (`{"phoneNumber": "…", "variables": {…}}`) the check names
+//! `phoneNumber` as the member the pass locates ([`Visit::member`]), so the pass hands it
+//! the raw value of the top-level `phoneNumber` and whether any key repeats, and the
+//! number is checked on its bytes in place like a string recipient. What stays on serde_json
+//! is rare: a number written with escapes (`"\u0033…"`) is decoded first, and an object
+//! whose keys have escapes (`"phone\u004eumber"`) or that has more than
+//! [`crate::split::KEYS_COMPARED`] keys is read again on its own text ([`check`]), as
+//! every object was before. Members of the objects around the array (`imageUrl` next to
 //! `recipients`) get the media URL rule.
 //!
 //! A recipient is either a phone number string or an object with a string `phoneNumber`
 //! (other members are kept as sent). Anything else is a shape error ([`SHAPE_RULE`]), a
 //! repeated key in a recipient object too ([`REPEATED_KEY_RULE`]); a number breaking the
-//! 10-15 digits rule is [`crate::api::text::PHONE_RULE`].
+//! 10-15 digits rule is [`crate::api::text::PHONE_RULE`]. Both ways of reading give the
+//! same answer for every recipient ([`check`] is the reference; the tests compare them).
 //!
 //! [`RecipientsCheck::verdict`] turns the findings into what happens to the send under
 //! the route's `invalid_recipients` setting.
@@ -26,7 +33,7 @@ use serde_json::value::RawValue;
 
 use super::{media, phone, FieldErrors, InvalidRecipients, Rejection};
 use crate::api::text;
-use crate::split::Visit;
+use crate::split::{Element, Member, Visit};
 
 /// The reason for a recipient of the wrong shape.
 pub const SHAPE_RULE: &str =
@@ -126,13 +133,13 @@ impl RecipientsCheck {
 }
 
 impl Visit for RecipientsCheck {
-    fn item(&mut self, index: usize, raw: &RawValue) {
-        if let Err(reason) = check(raw) {
+    fn item(&mut self, index: usize, element: &Element<'_>) {
+        if let Err(reason) = check_element(element) {
             self.count += 1;
             if self.offenders.len() < self.keep {
                 self.offenders.push(Offender {
                     index,
-                    value: shown(raw),
+                    value: shown(element.get()),
                     reason,
                 });
             }
@@ -145,14 +152,40 @@ impl Visit for RecipientsCheck {
                 .insert(key.to_string(), text::MEDIA_RULE.to_string());
         }
     }
+
+    fn member(&self) -> Option<&'static str> {
+        Some(PHONE_NUMBER)
+    }
 }
 
-/// Checks one recipient, given as its raw JSON; the error is the rule it breaks.
+/// The key of a recipient object's phone number.
+const PHONE_NUMBER: &str = "phoneNumber";
+
+/// Checks one recipient, given as its raw JSON; the error is the rule it breaks. This
+/// reads an object recipient with serde_json; the accept path checks what the splitter's
+/// pass noted instead, with the same answers.
 pub fn check(raw: &RawValue) -> Result<(), &'static str> {
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'"') => check_string(text),
         Some(b'{') => check_object(text),
+        _ => Err(SHAPE_RULE),
+    }
+}
+
+/// [`check`] on an element as the splitter's pass shows it: an object's `phoneNumber` is
+/// checked where the pass found it, without reading the object again, unless the pass
+/// could not judge its keys ([`Member::Unknown`]).
+fn check_element(element: &Element<'_>) -> Result<(), &'static str> {
+    let text = element.get();
+    match text.as_bytes().first() {
+        Some(b'"') => check_string(text),
+        Some(b'{') => match element.member() {
+            Member::Unique(Some(phone)) if phone.starts_with('"') => check_string(phone),
+            Member::Unique(_) => Err(SHAPE_RULE),
+            Member::Repeated => Err(REPEATED_KEY_RULE),
+            Member::Unknown | Member::NotLooked => check_object(text),
+        },
         _ => Err(SHAPE_RULE),
     }
 }
@@ -183,13 +216,12 @@ fn check_object(json: &str) -> Result<(), &'static str> {
 }
 
 /// What [`shown`] keeps of a recipient: its phone number text when it has one.
-fn shown(raw: &RawValue) -> String {
+fn shown(text: &str) -> String {
     #[derive(Deserialize)]
     struct WithPhone {
         #[serde(rename = "phoneNumber")]
         phone_number: String,
     }
-    let text = raw.get();
     let value = serde_json::from_str::<String>(text)
         .or_else(|_| serde_json::from_str::<WithPhone>(text).map(|w| w.phone_number))
         .unwrap_or_else(|_| text.to_string());
@@ -359,6 +391,109 @@ mod tests {
             ),
         ] {
             assert_eq!(check(&raw(bad)), Err(reason), "{bad}");
+        }
+    }
+
+    /// The verdict on one recipient as the accept path reaches it: inside the splitter's
+    /// pass, from what the pass noted.
+    fn in_the_pass(recipient: &str) -> Result<(), &'static str> {
+        let body = format!(r#"{{"recipients":[{recipient}]}}"#);
+        let mut check = RecipientsCheck::new(InvalidRecipients::Skip);
+        split::scan_with(body.as_bytes(), "/recipients", &mut check).unwrap();
+        match check.offenders.as_slice() {
+            [] => Ok(()),
+            [offender] => Err(offender.reason),
+            more => panic!("one recipient, {} offenders", more.len()),
+        }
+    }
+
+    #[test]
+    fn objects_checked_in_the_pass_get_the_answers_of_a_second_read() {
+        let keys = |n: usize| {
+            (0..n)
+                .map(|i| format!(r#""k{i}":{i},"#))
+                .collect::<String>()
+        };
+        let many = format!(r#"{{{}"phoneNumber":"38970123456"}}"#, keys(20));
+        let many_repeated = format!(r#"{{{}"k3":1,"phoneNumber":"38970123456"}}"#, keys(20));
+        let cases = [
+            // phoneNumber first, last, alone, beside nested ones.
+            (
+                r#"{"phoneNumber":"+38970123456","variables":{"name":"Ana"}}"#,
+                Ok(()),
+            ),
+            (
+                r#"{"variables":{"phoneNumber":"1"},"phoneNumber":"38970123456"}"#,
+                Ok(()),
+            ),
+            (r#"{ "phoneNumber" : "38970123456" }"#, Ok(())),
+            (
+                r#"{"phoneNumber":"12","variables":{}}"#,
+                Err(text::PHONE_RULE),
+            ),
+            (r#"{"phoneNumber":"","v":1}"#, Err(text::PHONE_RULE)),
+            // Missing (only nested ones), or not a string.
+            (
+                r#"{"variables":{"phoneNumber":"38970123456"}}"#,
+                Err(SHAPE_RULE),
+            ),
+            (
+                r#"{"to":"38970123456","l":[{"phoneNumber":"38970123456"}]}"#,
+                Err(SHAPE_RULE),
+            ),
+            ("{}", Err(SHAPE_RULE)),
+            (r#"{"phoneNumber":38970123456}"#, Err(SHAPE_RULE)),
+            (r#"{"phoneNumber":null}"#, Err(SHAPE_RULE)),
+            (r#"{"phoneNumber":["38970123456"]}"#, Err(SHAPE_RULE)),
+            (
+                r#"{"phoneNumber":{"phoneNumber":"38970123456"}}"#,
+                Err(SHAPE_RULE),
+            ),
+            // An escaped number is decoded, as before; half a surrogate pair does not decode.
+            (r#"{"phoneNumber":"\u0033\u0038970123456"}"#, Ok(())),
+            (r#"{"phoneNumber":"\u002b38970123456"}"#, Ok(())),
+            (r#"{"phoneNumber":"\u0033"}"#, Err(text::PHONE_RULE)),
+            (r#"{"phoneNumber":"38970123456\n"}"#, Err(text::PHONE_RULE)),
+            (
+                r#"{"phoneNumber":"\ud800\u0038970123456"}"#,
+                Err(SHAPE_RULE),
+            ),
+            // Escaped keys are read again by serde_json, as before.
+            (r#"{"phone\u004eumber":"38970123456"}"#, Ok(())),
+            (
+                r#"{"phone\u004eumber":"38970123456","phoneNumber":"38970123456"}"#,
+                Err(REPEATED_KEY_RULE),
+            ),
+            (
+                r#"{"\ud800":1,"phoneNumber":"38970123456"}"#,
+                Err(SHAPE_RULE),
+            ),
+            (
+                r#"{"a":1,"a":2,"\ud800":3,"phoneNumber":"38970123456"}"#,
+                Err(SHAPE_RULE),
+            ),
+            // Repeated keys.
+            (
+                r#"{"phoneNumber":"38970123456","phoneNumber":"38970123457"}"#,
+                Err(REPEATED_KEY_RULE),
+            ),
+            (
+                r#"{"phoneNumber":"38970123456","v":1,"v":2}"#,
+                Err(REPEATED_KEY_RULE),
+            ),
+            (r#"{"v":1,"v":2}"#, Err(REPEATED_KEY_RULE)),
+            (many.as_str(), Ok(())),
+            (many_repeated.as_str(), Err(REPEATED_KEY_RULE)),
+            // Not objects.
+            (r#""+38970123456""#, Ok(())),
+            (r#""\u0033\u0038970123456""#, Ok(())),
+            (r#""12""#, Err(text::PHONE_RULE)),
+            ("38970123456", Err(SHAPE_RULE)),
+            (r#"["38970123456"]"#, Err(SHAPE_RULE)),
+        ];
+        for (recipient, expected) in cases {
+            assert_eq!(check(&raw(recipient)), expected, "{recipient}");
+            assert_eq!(in_the_pass(recipient), expected, "{recipient}");
         }
     }
 
