@@ -346,7 +346,10 @@ impl Postgres {
                 let mut parts: Vec<(PartState, u64)> =
                     PartState::ALL.iter().map(|&s| (s, 0)).collect();
                 for row in c
-                    .query("SELECT kind, state, n FROM counters", &[])
+                    .query(
+                        "SELECT kind, state, SUM(n)::BIGINT FROM counters GROUP BY kind, state",
+                        &[],
+                    )
                     .await
                     .map_err(pg_error)?
                 {

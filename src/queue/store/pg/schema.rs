@@ -7,7 +7,8 @@
 //! instance's parts are taken by others once the lease expires) and the cluster probe of a
 //! key in `key_state` (after a cooldown, one instance of the cluster sends the probe);
 //! version 2 adds the bulk turn of an owner (`owners.bulk_owner`, `bulk_until`: one
-//! instance at a time sends an owner's bulk parts, each learning from the answer before).
+//! instance at a time sends an owner's bulk parts, each learning from the answer before);
+//! version 3 shards the counters (see `writes::bump`).
 
 use tokio_postgres::Client;
 
@@ -15,7 +16,7 @@ use super::pg_error;
 use crate::queue::store::StoreError;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
 CREATE TABLE IF NOT EXISTS jobs (
     no           BIGSERIAL PRIMARY KEY,
@@ -115,6 +116,13 @@ CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created_at);
 -- 2: the bulk turn of an owner: one instance of the cluster sends its bulk parts at a time.
 ALTER TABLE owners ADD COLUMN IF NOT EXISTS bulk_owner BIGINT;
 ALTER TABLE owners ADD COLUMN IF NOT EXISTS bulk_until BIGINT;
+",
+    "
+-- 3: counters in shards (a job's changes in shard job_no % 16), so that transactions of
+-- different jobs do not wait on one row for each other's commit.
+ALTER TABLE counters ADD COLUMN IF NOT EXISTS shard SMALLINT NOT NULL DEFAULT 0;
+ALTER TABLE counters DROP CONSTRAINT IF EXISTS counters_pkey;
+ALTER TABLE counters ADD PRIMARY KEY (kind, state, shard);
 ",
 ];
 

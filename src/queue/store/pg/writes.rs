@@ -510,6 +510,7 @@ impl Postgres {
                     )
                     .await
                     .map_err(pg_error)?;
+                let mut gone = std::collections::BTreeMap::<(&str, &str), i64>::new();
                 for row in &rows {
                     let (no, id): (i64, String) = (row.get(0), row.get(1));
                     let state = job_state(row.get(2))?;
@@ -526,10 +527,14 @@ impl Postgres {
                     tx.execute("DELETE FROM jobs WHERE no = $1", &[&no])
                         .await
                         .map_err(pg_error)?;
-                    bump(tx, "jobs", state.as_str(), -1).await?;
+                    *gone.entry(("jobs", state.as_str())).or_default() -= 1;
                     for (s, n) in part_counts(&counts) {
-                        bump(tx, "parts", s.as_str(), -(n as i64)).await?;
+                        *gone.entry(("parts", s.as_str())).or_default() -= n as i64;
                     }
+                }
+                // In one fixed order, after the deletes (see `save_counts`).
+                for ((kind, state), delta) in gone {
+                    bump(tx, kind, state, delta, 0).await?;
                 }
                 Ok(rows.len())
             })
@@ -721,12 +726,14 @@ async fn insert_job(tx: &Tx<'_>, job: NewJob, recipients: u64) -> Result<Inserte
     )
     .await
     .map_err(pg_error)?;
-    bump(tx, "jobs", state.as_str(), 1).await?;
+    let shard = shard_of(no);
+    bump(tx, "jobs", state.as_str(), 1, shard).await?;
     bump(
         tx,
         "parts",
         PartState::Queued.as_str(),
         counts.queued as i64,
+        shard,
     )
     .await?;
     notify(tx, "sluice_work", &job.owner).await?;
@@ -815,7 +822,7 @@ async fn save_counts(tx: &Tx<'_>, job: &JobRow, now: i64) -> Result<(), StoreErr
     // A fixed order of counter rows, so that concurrent transactions never deadlock.
     moves.sort();
     for (kind, s, delta) in moves {
-        bump(tx, kind, s, delta).await?;
+        bump(tx, kind, s, delta, shard_of(job.no)).await?;
     }
     if is_final(state) && !is_final(job.state) {
         tx.execute("UPDATE jobs SET api_key = NULL WHERE no = $1", &[&job.no])
@@ -825,14 +832,29 @@ async fn save_counts(tx: &Tx<'_>, job: &JobRow, now: i64) -> Result<(), StoreErr
     Ok(())
 }
 
-async fn bump(tx: &Tx<'_>, kind: &str, state: &str, delta: i64) -> Result<(), StoreError> {
+/// Counter rows are kept in [`SHARDS`] shards, a job's changes always in the same one
+/// (`job_no % SHARDS`), so that concurrent transactions of different jobs do not queue on
+/// one row until each other's commit; the figures are their sums.
+const SHARDS: i64 = 16;
+
+fn shard_of(job_no: i64) -> i16 {
+    (job_no.rem_euclid(SHARDS)) as i16
+}
+
+async fn bump(
+    tx: &Tx<'_>,
+    kind: &str,
+    state: &str,
+    delta: i64,
+    shard: i16,
+) -> Result<(), StoreError> {
     if delta == 0 {
         return Ok(());
     }
     tx.execute(
-        "INSERT INTO counters (kind, state, n) VALUES ($1, $2, $3)
-         ON CONFLICT (kind, state) DO UPDATE SET n = counters.n + EXCLUDED.n",
-        &[&kind, &state, &delta],
+        "INSERT INTO counters (kind, state, shard, n) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (kind, state, shard) DO UPDATE SET n = counters.n + EXCLUDED.n",
+        &[&kind, &state, &shard, &delta],
     )
     .await
     .map_err(pg_error)?;
