@@ -117,7 +117,7 @@ for n in $SIZES; do
   cfg=$(config_one_per_part)
   start_sluice "$data" "$cfg"
   body="$WORK/bulk-$n.json"
-  { printf '{"recipients":['; seq -f '"+3897%07g"' 0 $((n - 1)) | paste -sd, - | tr -d '\n'; printf ']}'; } >"$body"
+  { printf '{"recipients":['; seq -f '"+3897%07.0f"' 0 $((n - 1)) | paste -sd, - | tr -d '\n'; printf ']}'; } >"$body"
   t0=$(date +%s.%N)
   code=$(curl -s -o /dev/null -w '%{http_code}' "http://$PROXY/api/v1/campaigns/$id/bulk/sms" \
     -H "X-API-Key: $KEY" -H 'Content-Type: application/json' -H 'Prefer: respond-async' --data-binary @"$body")
@@ -186,7 +186,7 @@ start_pg() {
   "$bin/createdb" -h 127.0.0.1 -p $((PORT_BASE + 3)) -U sluice bench
   STORE_URL="postgres://sluice@127.0.0.1:$((PORT_BASE + 3))/bench?sslmode=disable"
 }
-for store in ${STORES:-sqlite postgres}; do
+for store in ${STORES-sqlite postgres}; do
   log "C: $FLOOD_N single sends, instant upstream, $store store"
   start_sim --max-pending 100000000 --drain-rate 100000000
   id=$(campaign Transactional)
@@ -223,11 +223,13 @@ if [ "$LARGE_MB" -gt 0 ]; then
   log "E: pass-through p99 with $LARGE_MB MB bulk sends being accepted"
   start_sim --max-pending 0 --retry-after 300
   id=$(campaign Bulk)
-  cfg=$(config_default)
+  # Room for every post (each ~7 million recipients stays queued).
+  cfg="$WORK/large.toml"
+  printf '[queue]\nmax_queued_recipients = 1000000000\nmax_queued_bytes = 100000000000\n' >"$cfg"
   start_sluice "$WORK/data-large" "$cfg"
   body="$WORK/large.json"
   n=$((LARGE_MB * 1024 * 1024 / 15))
-  { printf '{"recipients":['; seq -f '"+3897%07g"' 0 $((n - 1)) | paste -sd, - | tr -d '\n'; printf ']}'; } >"$body"
+  { printf '{"recipients":['; seq -f '"+3897%07.0f"' 0 $((n - 1)) | paste -sd, - | tr -d '\n'; printf ']}'; } >"$body"
   p99() { awk '/ 99%/ {print $2}' "$1"; }
   wrk -t2 -c64 -d"${DURATION}s" --latency -H "X-API-Key: $KEY" "http://$PROXY/api/v1/campaigns/$id" >"$WORK/wrk-alone.txt"
   (
