@@ -17,20 +17,20 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin;
-use crate::apikey::ApiKey;
 use crate::config::Config;
-use crate::health::Health;
-use crate::keystate::KeyState;
-use crate::layers::{self, Limits};
+use crate::edge::admin;
+use crate::edge::health::Health;
+use crate::edge::layers::{self, Limits};
+use crate::edge::request_id::{self, RouteName};
+use crate::edge::server::{self, Observed, ServeOptions};
+use crate::keys::apikey::ApiKey;
+use crate::keys::keystate::KeyState;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Proxy, Settings};
 use crate::queue::jobs_api;
 use crate::queue::store::StoreError;
 use crate::queue::{Background, Queue};
-use crate::request_id::{self, RouteName};
 use crate::routes::RouteKind;
-use crate::server::{self, Observed, ServeOptions};
 use crate::upstream::{self, Upstream};
 use crate::validate;
 

@@ -71,10 +71,10 @@ impl ProxyError {
         self.status().canonical_reason().unwrap_or("Error")
     }
 
-    /// A failure reading the client's body: too slow (408, see [`crate::layers`]) or
+    /// A failure reading the client's body: too slow (408, see [`crate::edge::layers`]) or
     /// broken (400).
     pub fn client_body(e: &(dyn std::error::Error + 'static)) -> Self {
-        if crate::layers::is_slow_body(e) {
+        if crate::edge::layers::is_slow_body(e) {
             Self::ClientTooSlow {
                 detail: e.to_string(),
             }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 use sluice::cli::{Cli, Command};
 use sluice::config::{Config, LogFormat};
-use sluice::{apikey::ApiKey, app, demo, logs, simulator};
+use sluice::{app, demo, keys::apikey::ApiKey, logs, simulator};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use serde_json::{json, Value};
-use sluice::apikey::KeyId;
+use sluice::keys::apikey::KeyId;
 use sluice::metrics::Metrics;
 use sluice::simulator::{HintMode, SimConfig};
 

@@ -25,7 +25,7 @@ use http::{Method, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 use sluice::api::{Envelope, RateLimitBody};
-use sluice::apikey::KeyId;
+use sluice::keys::apikey::KeyId;
 use sluice::simulator::{HintMode, SimConfig};
 use tokio::sync::oneshot;
 

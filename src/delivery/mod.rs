@@ -42,9 +42,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::apikey::ApiKey;
 use crate::clock::now_ms;
-use crate::keystate::KeyState;
+use crate::keys::apikey::ApiKey;
+use crate::keys::keystate::KeyState;
 use crate::metrics::Metrics;
 use crate::queue::store::Dispatchable;
 use crate::routes::{Route, RouteKind};

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 use super::journal::{self, Campaign, Journal, Op, Tracked};
 use super::policy::{self, Observed};
 use super::{Context, DeliveryConfig};
-use crate::apikey::KeyId;
 use crate::clock::now_ms;
+use crate::keys::apikey::KeyId;
 
 /// Largest lookup answer read.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
@@ -233,7 +233,7 @@ impl Poller {
         let mut req = Request::new(Body::empty());
         *req.method_mut() = Method::GET;
         *req.uri_mut() = self.cx.upstream.uri_for(path.parse().ok().as_ref());
-        req.headers_mut().insert(crate::apikey::HEADER, value);
+        req.headers_mut().insert(crate::keys::apikey::HEADER, value);
         let resp = match self.cx.upstream.send(req).await {
             Ok(resp) => resp,
             Err(e) => {

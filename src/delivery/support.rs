@@ -22,9 +22,9 @@ use serde::Serialize;
 use super::journal::{self, EventRow};
 use super::Delivery;
 use crate::api::{self, text, Envelope};
-use crate::apikey::{self, ApiKey};
+use crate::edge::request_id::RouteName;
+use crate::keys::apikey::{self, ApiKey};
 use crate::queue::view::rfc3339;
-use crate::request_id::RouteName;
 
 /// One request's support bundle.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -31,10 +31,10 @@ use tokio::time::Instant;
 
 pub use headers::strip_hop_by_hop;
 
-use crate::apikey::{self, ApiKey, KeyId};
+use crate::edge::health::Health;
 use crate::error::ProxyError;
-use crate::health::Health;
-use crate::keystate::{KeyState, Stored};
+use crate::keys::apikey::{self, ApiKey, KeyId};
+use crate::keys::keystate::{KeyState, Stored};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::retry::{self, Change, Class, Outage, Outcome, Pass, Permit, RetryPolicy, Verdict};
 use crate::upstream::{self, AttemptError, Upstream};
@@ -297,7 +297,7 @@ impl Inner {
         };
         match body.size_hint().exact() {
             Some(n) if n > self.max_body => Err(too_large),
-            Some(n) if n <= self.retry_buffer => crate::body::read(body, self.max_body)
+            Some(n) if n <= self.retry_buffer => crate::edge::body::read(body, self.max_body)
                 .await
                 .map(Payload::Replayable),
             _ => Ok(Payload::Stream(Some(Body::new(Limited::new(

@@ -1,7 +1,7 @@
 //! Accepting a send: the request becomes a durable job, then the client is answered.
 //!
 //! Order matters for the delivery guarantee: the body is read (and its Content-Encoding
-//! undone, [`crate::body`]) and checked, cut into parts, and the job is committed to the
+//! undone, [`crate::edge::body`]) and checked, cut into parts, and the job is committed to the
 //! store; only then is anything sent upstream or said to the client. "Checked" is the
 //! route's validation ([`crate::validate`]): a bulk body's recipients are checked by the
 //! splitter's visitor in its one pass over the body; with `invalid_recipients = "skip"`
@@ -37,12 +37,12 @@ use super::store::{
     PartState,
 };
 use super::{plan, Queue, QueueInner};
-use crate::apikey::{self, KeyId};
-use crate::body;
 use crate::clock::now_ms;
+use crate::edge::body;
+use crate::edge::request_id::RouteName;
 use crate::error::ProxyError;
+use crate::keys::apikey::{self, KeyId};
 use crate::proxy::strip_hop_by_hop;
-use crate::request_id::RouteName;
 use crate::routes::{Route, RouteKind};
 use crate::split;
 use crate::validate::gate::Gate;
@@ -481,7 +481,7 @@ impl JobMeta {
     fn request_id(&self) -> Option<String> {
         self.headers
             .iter()
-            .find(|(name, _)| name == crate::request_id::HEADER)
+            .find(|(name, _)| name == crate::edge::request_id::HEADER)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 

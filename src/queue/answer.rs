@@ -12,7 +12,7 @@ use super::prefer::Preference;
 use super::store::{JobRecord, JobState, PartRecord, PartState, StoredResponse};
 use super::view::JobView;
 use crate::api::{self, Envelope, RateLimitBody};
-use crate::apikey::KeyId;
+use crate::keys::apikey::KeyId;
 use crate::proxy::strip_hop_by_hop;
 
 /// The header naming the job on every answer to a send.
@@ -122,7 +122,7 @@ pub(super) fn queue_full(
     queued: u64,
     requested: u64,
     max: u64,
-    keys: &crate::keystate::KeyState,
+    keys: &crate::keys::keystate::KeyState,
     key: &KeyId,
 ) -> Response<Body> {
     let retry_after = keys

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::shared::Core;
 use super::store::pg::{BulkTurn, Heard, Notice, Postgres};
-use crate::apikey::KeyId;
 use crate::clock::now_ms;
+use crate::keys::apikey::KeyId;
 use crate::retry::Permit;
 
 // === impl Core ===

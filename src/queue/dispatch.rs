@@ -35,9 +35,9 @@ use super::reconcile::Turn;
 use super::settle::Attempt;
 use super::shared::Core;
 use super::store::{Dispatchable, StoreError};
-use crate::apikey::KeyId;
 use crate::clock::now_ms;
-use crate::keystate::Stored;
+use crate::keys::apikey::KeyId;
+use crate::keys::keystate::Stored;
 use crate::metrics::GaugeGuard;
 use crate::retry::{Change, Outcome, Pass};
 use crate::routes::RouteKind;
@@ -273,7 +273,7 @@ impl Core {
                 headers.append(n, v);
             }
         }
-        headers.insert(crate::apikey::HEADER, key);
+        headers.insert(crate::keys::apikey::HEADER, key);
         // Same recipients, same key, across every retry (harmless where the API ignores it).
         if let Some(v) = super::idempotency::upstream_key(part) {
             headers.insert(super::idempotency::HEADER, v);

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use super::scheduler::{schedule, Allowance};
 use super::shared::{Backlog, Core, DispatchSettings};
 use super::store::Store;
-use crate::keystate::KeyState;
+use crate::keys::keystate::KeyState;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 

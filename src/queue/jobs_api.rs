@@ -28,9 +28,9 @@ use super::store::JobState;
 use super::view::JobView;
 use super::Queue;
 use crate::api::{self, text, Envelope};
-use crate::apikey;
 use crate::clock::now_ms;
-use crate::request_id::RouteName;
+use crate::edge::request_id::RouteName;
+use crate::keys::apikey;
 
 /// The list's query parameters, as sent (each is checked by [`list`]).
 #[derive(Debug, Deserialize)]

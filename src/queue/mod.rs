@@ -37,10 +37,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::apikey::{ApiKey, KeyId};
 use crate::config::Config;
-use crate::health::Health;
-use crate::keystate::{KeyState, Learned, Stored};
+use crate::edge::health::Health;
+use crate::keys::apikey::{ApiKey, KeyId};
+use crate::keys::keystate::{KeyState, Learned, Stored};
 use crate::metrics::Metrics;
 use crate::routes::RouteTable;
 use crate::upstream::Upstream;

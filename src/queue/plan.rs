@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use crate::capacity::Capacity;
+use crate::keys::capacity::Capacity;
 use crate::split;
 
 /// How to cut a part of `n` recipients: optionally a first piece to send at once, then

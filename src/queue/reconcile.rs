@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Limited};
 use super::lookup::{self, Found};
 use super::shared::Core;
 use super::store::{Dispatchable, PartState, StoreError};
-use crate::keystate::Stored;
+use crate::keys::keystate::Stored;
 use crate::retry::Outcome;
 use crate::routes::{Route, RouteKind};
 
@@ -174,7 +174,8 @@ impl Core {
             let mut req = Request::new(Body::empty());
             *req.method_mut() = Method::GET;
             *req.uri_mut() = self.upstream.uri_for(path.parse().ok().as_ref());
-            req.headers_mut().insert(crate::apikey::HEADER, key.clone());
+            req.headers_mut()
+                .insert(crate::keys::apikey::HEADER, key.clone());
             let result = self.upstream.send(req).await;
             let outcome = match &result {
                 Ok(resp) => Outcome::Status(resp.status()),

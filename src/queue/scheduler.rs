@@ -22,8 +22,8 @@ use tokio_util::task::TaskTracker;
 
 use super::shared::{Core, Wake};
 use super::store::Dispatchable;
-use crate::apikey::KeyId;
 use crate::clock::now_ms;
+use crate::keys::apikey::KeyId;
 use crate::routes::RouteKind;
 
 /// Parts taken from the store per claim at most.

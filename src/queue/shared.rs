@@ -15,9 +15,9 @@ use http::HeaderValue;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 use super::store::{Dispatchable, Store};
-use crate::apikey::{ApiKey, KeyId};
-use crate::health::Health;
-use crate::keystate::KeyState;
+use crate::edge::health::Health;
+use crate::keys::apikey::{ApiKey, KeyId};
+use crate::keys::keystate::KeyState;
 use crate::metrics::Metrics;
 use crate::routes::{Route, RouteKind};
 use crate::upstream::Upstream;

@@ -141,7 +141,7 @@ pub enum StoreError {
 pub struct NewJob {
     /// 32 random hex characters, made by the caller.
     pub id: String,
-    /// [`crate::apikey::KeyId::full`] of the key that created the job, `""` when none.
+    /// [`crate::keys::apikey::KeyId::full`] of the key that created the job, `""` when none.
     pub owner: String,
     /// The key to send with; `None` means the proxy's own key. Stored as a BLOB, never
     /// logged.
@@ -361,7 +361,7 @@ pub struct Dispatchable {
 /// What sluice learned about one API key, kept across restarts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
-    /// [`crate::apikey::KeyId::full`] of the key.
+    /// [`crate::keys::apikey::KeyId::full`] of the key.
     pub key: String,
     /// The key's cooldown ends at this time (unix ms); `None` when it is not cooling down.
     pub cooling_until: Option<i64>,
@@ -450,7 +450,7 @@ impl Dispatchable {
     pub fn request_id(&self) -> Option<String> {
         self.headers
             .iter()
-            .find(|(name, _)| name == crate::request_id::HEADER)
+            .find(|(name, _)| name == crate::edge::request_id::HEADER)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 }
@@ -817,7 +817,7 @@ impl Store {
         }
     }
 
-    /// The number of the owner `key` (a [`crate::apikey::KeyId::full`]), if it has jobs.
+    /// The number of the owner `key` (a [`crate::keys::apikey::KeyId::full`]), if it has jobs.
     pub async fn owner_no(&self, key: &str) -> Result<Option<i64>, StoreError> {
         match &self.backend {
             Backend::Sqlite(s) => s.owner_no(key).await,

@@ -37,7 +37,7 @@ pub struct Cooldowns<K> {
 /// or [`rate_limited`](Self::rate_limited). A probe permit dropped without a report (an
 /// error, a cancelled request) gives the probe role to the next waiter.
 #[must_use = "report the request's result, or the probe role passes to another request"]
-pub struct Permit<K: Eq + Hash + Clone = crate::apikey::KeyId> {
+pub struct Permit<K: Eq + Hash + Clone = crate::keys::apikey::KeyId> {
     /// The key's gate; `None` for a key that has never cooled down (it is open).
     gate: Option<Arc<Gate>>,
     /// `Some(id)` while this permit is the key's unreported probe.

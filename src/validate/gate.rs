@@ -20,8 +20,8 @@ use axum::extract::Request;
 use http::{HeaderMap, Response};
 
 use super::{json, template as rules, Mode, Rejection};
-use crate::apikey::{self, ApiKey};
-use crate::body;
+use crate::edge::body;
+use crate::keys::apikey::{self, ApiKey};
 use crate::metrics::Metrics;
 use crate::routes::Route;
 
@@ -114,7 +114,7 @@ impl<'a> Gate<'a> {
 
 /// Checks a request on a `template` route. `Ok` gives the request back to be passed
 /// through, with the same body (decoded, when it came with a `Content-Encoding`: see
-/// [`crate::body`]); `Err` is the answer (the seed's 400, a 413 for a body over
+/// [`crate::edge::body`]); `Err` is the answer (the seed's 400, a 413 for a body over
 /// `max_body`, a 415 for a coding sluice cannot undo). Requests without any API key are not checked: the API's 401 comes
 /// first, as it would without sluice.
 pub async fn template(

@@ -308,7 +308,7 @@ impl Sqlite {
         self.read(reader::open_owners).await
     }
 
-    /// The number of the owner `key` (a [`crate::apikey::KeyId::full`]), if it has jobs.
+    /// The number of the owner `key` (a [`crate::keys::apikey::KeyId::full`]), if it has jobs.
     pub async fn owner_no(&self, key: &str) -> Result<Option<i64>, StoreError> {
         let key = key.to_owned();
         self.read(move |c| reader::owner_no(c, &key)).await

@@ -10,7 +10,7 @@
 //!    average is cut off ([`Paced`]); readers turn that into a 408.
 //!
 //! Request ids, the access log and client metrics are the next layer in
-//! ([`crate::request_id::RequestIdLayer`]); connection limits are the server's ([`crate::server`]).
+//! ([`crate::edge::request_id::RequestIdLayer`]); connection limits are the server's ([`crate::edge::server`]).
 //!
 //! The layers wrap the router as a whole, once (not each of its routes, as `Router::layer`
 //! would), so a request passes each layer without a boxed clone of the next, and the

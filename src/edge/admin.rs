@@ -13,8 +13,8 @@ use axum::Router;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::api::json_response;
-use crate::health::Health;
-use crate::keystate::KeyState;
+use crate::edge::health::Health;
+use crate::keys::keystate::KeyState;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 

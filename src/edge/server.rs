@@ -89,7 +89,7 @@ struct Tracked<S> {
     conn: Arc<Conn>,
 }
 
-/// What a listener can serve: a router, or one inside layers ([`crate::layers::front`]).
+/// What a listener can serve: a router, or one inside layers ([`crate::edge::layers::front`]).
 pub trait Serve:
     tower::Service<
         http::Request<Incoming>,

@@ -20,8 +20,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use http::{HeaderMap, StatusCode};
 
-use crate::apikey::KeyId;
-use crate::capacity::{self, Capacity};
+use crate::keys::apikey::KeyId;
+use crate::keys::capacity::{self, Capacity};
 use crate::metrics::Metrics;
 use crate::retry::{self, Cooldowns, RetryPolicy, Wait};
 
