@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod delivery;
+
 use crate::queue::store::Synchronous;
 use crate::retry::RetryPolicy;
 use crate::routes::Route;
+pub use delivery::DeliveryConfig;
 
 /// The whole configuration, as read from the file (all sections optional).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -25,7 +28,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
-    pub delivery: crate::delivery::DeliveryConfig,
+    pub delivery: DeliveryConfig,
     /// Send routes; requests matching none pass through. Absent: the two default send
     /// routes; `routes = []`: none (sluice is then a pure pass-through proxy).
     pub routes: Option<Vec<Route>>,
