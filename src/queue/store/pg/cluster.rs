@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 
 use super::reads::{dispatchable, key_record, DISPATCH};
-use super::writes::notify;
+use super::writes::{notify, prep};
 use super::{pg_error, Postgres};
 use crate::queue::store::{Dispatchable, KeyRecord, StoreError};
 
@@ -61,8 +61,12 @@ impl Postgres {
             Box::pin(async move {
                 let row = tx
                     .query_opt(
-                        "SELECT o.bulk_owner, o.bulk_until, k.cooling_until FROM owners o
+                        &prep(
+                            tx,
+                            "SELECT o.bulk_owner, o.bulk_until, k.cooling_until FROM owners o
                          LEFT JOIN key_state k ON k.key = o.key WHERE o.no = $1 FOR UPDATE OF o",
+                        )
+                        .await?,
                         &[&owner_no],
                     )
                     .await
@@ -79,7 +83,11 @@ impl Postgres {
                     return Ok(BulkTurn::Cooling(cooling));
                 }
                 tx.execute(
-                    "UPDATE owners SET bulk_owner = $2, bulk_until = $3 WHERE no = $1",
+                    &prep(
+                        tx,
+                        "UPDATE owners SET bulk_owner = $2, bulk_until = $3 WHERE no = $1",
+                    )
+                    .await?,
                     &[&owner_no, &me, &until],
                 )
                 .await
@@ -97,8 +105,12 @@ impl Postgres {
             Box::pin(async move {
                 let row = tx
                     .query_opt(
-                        "UPDATE owners SET bulk_owner = NULL, bulk_until = NULL
+                        &prep(
+                            tx,
+                            "UPDATE owners SET bulk_owner = NULL, bulk_until = NULL
                          WHERE no = $1 AND bulk_owner = $2 RETURNING key",
+                        )
+                        .await?,
                         &[&owner_no, &me],
                     )
                     .await
@@ -164,8 +176,12 @@ impl Postgres {
             Box::pin(async move {
                 let taken = tx
                     .execute(
-                        "UPDATE key_state SET available = available - $2
+                        &prep(
+                            tx,
+                            "UPDATE key_state SET available = available - $2
                          WHERE key = $1 AND available >= $2 AND cooling_until > $3",
+                        )
+                        .await?,
                         &[&key, &n, &now],
                     )
                     .await
@@ -191,8 +207,12 @@ impl Postgres {
             Box::pin(async move {
                 let row = tx
                     .query_opt(
-                        "SELECT probe_owner, probe_until, cooling_until FROM key_state
+                        &prep(
+                            tx,
+                            "SELECT probe_owner, probe_until, cooling_until FROM key_state
                          WHERE key = $1 FOR UPDATE",
+                        )
+                        .await?,
                         &[&key],
                     )
                     .await
@@ -209,7 +229,11 @@ impl Postgres {
                     return Ok(Some(cooling));
                 }
                 tx.execute(
-                    "UPDATE key_state SET probe_owner = $2, probe_until = $3 WHERE key = $1",
+                    &prep(
+                        tx,
+                        "UPDATE key_state SET probe_owner = $2, probe_until = $3 WHERE key = $1",
+                    )
+                    .await?,
                     &[&key, &me, &until],
                 )
                 .await
@@ -227,9 +251,13 @@ impl Postgres {
             Box::pin(async move {
                 let n = tx
                     .execute(
-                        "UPDATE key_state SET cooling_until = NULL, available = NULL,
+                        &prep(
+                            tx,
+                            "UPDATE key_state SET cooling_until = NULL, available = NULL,
                              probe_owner = NULL, probe_until = NULL
                          WHERE key = $1 AND (cooling_until IS NOT NULL OR probe_owner IS NOT NULL)",
+                        )
+                        .await?,
                         &[&key],
                     )
                     .await

@@ -37,7 +37,7 @@ impl Postgres {
     pub(super) async fn read<T>(
         &self,
         work: impl for<'c> FnOnce(
-            &'c tokio_postgres::Client,
+            &'c deadpool_postgres::ClientWrapper,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'c>,
         >,
@@ -52,8 +52,12 @@ impl Postgres {
             Box::pin(async move {
                 let rows = c
                     .query(
-                        "SELECT key, cooling_until, max_allowed, available, updated_at,
+                        &prep_read(
+                            c,
+                            "SELECT key, cooling_until, max_allowed, available, updated_at,
                              last_status, last_headers, last_body FROM key_state",
+                        )
+                        .await?,
                         &[],
                     )
                     .await
@@ -70,7 +74,11 @@ impl Postgres {
             Box::pin(async move {
                 let Some(row) = c
                     .query_opt(
-                        &format!("SELECT {JOB} FROM jobs j WHERE j.id = $1 AND j.owner = $2"),
+                        &prep_read(
+                            c,
+                            &format!("SELECT {JOB} FROM jobs j WHERE j.id = $1 AND j.owner = $2"),
+                        )
+                        .await?,
                         &[&id, &owner],
                     )
                     .await
@@ -81,7 +89,13 @@ impl Postgres {
                 let (no, mut job) = job_record(&row)?;
                 let parts = c
                     .query(
-                        &format!("SELECT {PART} FROM parts WHERE job_no = $1 ORDER BY item_start"),
+                        &prep_read(
+                            c,
+                            &format!(
+                                "SELECT {PART} FROM parts WHERE job_no = $1 ORDER BY item_start"
+                            ),
+                        )
+                        .await?,
                         &[&no],
                     )
                     .await
@@ -126,10 +140,14 @@ impl Postgres {
                 }
                 let parts = c
                     .query(
-                        &format!(
-                            "SELECT {PART} FROM parts WHERE job_no = ANY($1)
+                        &prep_read(
+                            c,
+                            &format!(
+                                "SELECT {PART} FROM parts WHERE job_no = ANY($1)
                              ORDER BY job_no, item_start"
-                        ),
+                            ),
+                        )
+                        .await?,
                         &[&nos],
                     )
                     .await
@@ -150,10 +168,9 @@ impl Postgres {
         self.read(move |c| {
             Box::pin(async move {
                 let row = c
-                    .query_one(
-                        "SELECT MIN(GREATEST(COALESCE(next_attempt_at, 0), COALESCE(lease_until, 0)))
+                    .query_one(&prep_read(c, "SELECT MIN(GREATEST(COALESCE(next_attempt_at, 0), COALESCE(lease_until, 0)))
                          FROM parts WHERE owner_no = $1 AND state IN ('queued', 'in_flight')
-                           AND (lease_until IS NULL OR lease_until < $2)",
+                           AND (lease_until IS NULL OR lease_until < $2)").await?,
                         &[&owner_no, &now],
                     )
                     .await
@@ -165,9 +182,8 @@ impl Postgres {
                 // Everything is leased: it is due again when a lease runs out (if its
                 // instance has died by then).
                 let row = c
-                    .query_one(
-                        "SELECT MIN(lease_until) FROM parts
-                         WHERE owner_no = $1 AND state IN ('queued', 'in_flight')",
+                    .query_one(&prep_read(c, "SELECT MIN(lease_until) FROM parts
+                         WHERE owner_no = $1 AND state IN ('queued', 'in_flight')").await?,
                         &[&owner_no],
                     )
                     .await
@@ -183,9 +199,13 @@ impl Postgres {
             Box::pin(async move {
                 let rows = c
                     .query(
-                        "SELECT o.no, o.key FROM owners o
+                        &prep_read(
+                            c,
+                            "SELECT o.no, o.key FROM owners o
                          WHERE EXISTS (SELECT 1 FROM parts p WHERE p.owner_no = o.no
                                        AND p.state IN ('queued', 'in_flight'))",
+                        )
+                        .await?,
                         &[],
                     )
                     .await
@@ -201,7 +221,10 @@ impl Postgres {
         self.read(move |c| {
             Box::pin(async move {
                 let row = c
-                    .query_opt("SELECT no FROM owners WHERE key = $1", &[&key])
+                    .query_opt(
+                        &prep_read(c, "SELECT no FROM owners WHERE key = $1").await?,
+                        &[&key],
+                    )
                     .await
                     .map_err(pg_error)?;
                 Ok(row.map(|r| r.get(0)))
@@ -215,9 +238,13 @@ impl Postgres {
             Box::pin(async move {
                 let row = c
                     .query_one(
-                        "SELECT COALESCE(SUM(item_end - item_start), 0)::BIGINT,
+                        &prep_read(
+                            c,
+                            "SELECT COALESCE(SUM(item_end - item_start), 0)::BIGINT,
                              COALESCE(SUM(byte_end - byte_start), 0)::BIGINT
                          FROM parts WHERE state IN ('queued', 'in_flight')",
+                        )
+                        .await?,
                         &[],
                     )
                     .await
@@ -233,11 +260,15 @@ impl Postgres {
             Box::pin(async move {
                 let rows = c
                     .query(
-                        &format!(
-                            "SELECT {DISPATCH} FROM parts p JOIN jobs j ON j.no = p.job_no
+                        &prep_read(
+                            c,
+                            &format!(
+                                "SELECT {DISPATCH} FROM parts p JOIN jobs j ON j.no = p.job_no
                              WHERE p.state IN ('queued', 'in_flight')
                              ORDER BY j.created_at, j.no, p.item_start"
-                        ),
+                            ),
+                        )
+                        .await?,
                         &[],
                     )
                     .await
@@ -259,11 +290,15 @@ impl Postgres {
             Box::pin(async move {
                 let rows = c
                     .query(
-                        &format!(
-                            "SELECT {DISPATCH} FROM parts p JOIN jobs j ON j.no = p.job_no
+                        &prep_read(
+                            c,
+                            &format!(
+                                "SELECT {DISPATCH} FROM parts p JOIN jobs j ON j.no = p.job_no
                              WHERE j.id = $1 AND p.seq = ANY($2)
                                AND p.state IN ('queued', 'in_flight')"
-                        ),
+                            ),
+                        )
+                        .await?,
                         &[&job, &seqs],
                     )
                     .await
@@ -281,9 +316,8 @@ impl Postgres {
         self.read(move |c| {
             Box::pin(async move {
                 let row = c
-                    .query_opt(
-                        "SELECT j.array_start, j.array_end, length(b.body)::BIGINT FROM jobs j
-                         JOIN bodies b ON b.job_no = j.no WHERE j.id = $1",
+                    .query_opt(&prep_read(c, "SELECT j.array_start, j.array_end, length(b.body)::BIGINT FROM jobs j
+                         JOIN bodies b ON b.job_no = j.no WHERE j.id = $1").await?,
                         &[&job],
                     )
                     .await
@@ -293,9 +327,8 @@ impl Postgres {
                     (row.get(0), row.get(1), row.get(2));
                 let (Some(start), Some(end)) = (start, end) else {
                     let row = c
-                        .query_one(
-                            "SELECT b.body FROM bodies b JOIN jobs j ON j.no = b.job_no
-                             WHERE j.id = $1",
+                        .query_one(&prep_read(c, "SELECT b.body FROM bodies b JOIN jobs j ON j.no = b.job_no
+                             WHERE j.id = $1").await?,
                             &[&job],
                         )
                         .await
@@ -316,10 +349,9 @@ impl Postgres {
                 let (head, at, n, rest) =
                     (int(start)?, int(from + 1)?, int(to - from)?, int(end + 1)?);
                 let row = c
-                    .query_one(
-                        "SELECT substring(b.body FROM 1 FOR $2), substring(b.body FROM $3 FOR $4),
+                    .query_one(&prep_read(c, "SELECT substring(b.body FROM 1 FOR $2), substring(b.body FROM $3 FOR $4),
                              substring(b.body FROM $5)
-                         FROM bodies b JOIN jobs j ON j.no = b.job_no WHERE j.id = $1",
+                         FROM bodies b JOIN jobs j ON j.no = b.job_no WHERE j.id = $1").await?,
                         &[&job, &head, &at, &n, &rest],
                     )
                     .await
@@ -346,8 +378,7 @@ impl Postgres {
                 let mut parts: Vec<(PartState, u64)> =
                     PartState::ALL.iter().map(|&s| (s, 0)).collect();
                 for row in c
-                    .query(
-                        "SELECT kind, state, SUM(n)::BIGINT FROM counters GROUP BY kind, state",
+                    .query(&prep_read(c, "SELECT kind, state, SUM(n)::BIGINT FROM counters GROUP BY kind, state").await?,
                         &[],
                     )
                     .await
@@ -364,12 +395,11 @@ impl Postgres {
                     }
                 }
                 let row = c
-                    .query_one(
-                        "SELECT (SELECT COALESCE(SUM(item_end - item_start), 0)::BIGINT FROM parts
+                    .query_one(&prep_read(c, "SELECT (SELECT COALESCE(SUM(item_end - item_start), 0)::BIGINT FROM parts
                                  WHERE state IN ('queued', 'in_flight')),
                                 (SELECT MIN(created_at) FROM jobs
                                  WHERE state IN ('queued', 'in_progress')),
-                                pg_database_size(current_database())",
+                                pg_database_size(current_database())").await?,
                         &[],
                     )
                     .await
@@ -400,8 +430,12 @@ impl Postgres {
             Box::pin(async move {
                 let row = c
                     .query_opt(
-                        "SELECT job_id, body_hash, created_at FROM idempotency
+                        &prep_read(
+                            c,
+                            "SELECT job_id, body_hash, created_at FROM idempotency
                          WHERE owner = $1 AND key = $2 AND created_at >= $3",
+                        )
+                        .await?,
                         &[&owner, &key, &not_before],
                     )
                     .await
@@ -509,6 +543,14 @@ fn part_record(row: &Row) -> Result<PartRecord, StoreError> {
         next_attempt_at: row.get(9),
         response,
     })
+}
+
+/// A statement prepared once per connection (see `writes::prep`).
+pub(super) async fn prep_read(
+    c: &deadpool_postgres::ClientWrapper,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    c.prepare_cached(sql).await.map_err(pg_error)
 }
 
 pub(super) fn key_record(row: &Row) -> Result<KeyRecord, StoreError> {
