@@ -51,7 +51,10 @@ impl Core {
     /// One part's turn. A store error leaves the part where it was on disk; the turn is
     /// tried again a second later (the part stays in memory meanwhile).
     pub(super) async fn run(self: Arc<Self>, part: Dispatchable) {
-        let bulk = self.route(&part.route).kind == RouteKind::Bulk;
+        let bulk = self
+            .routes
+            .get(&part.route)
+            .is_some_and(|r| r.kind == RouteKind::Bulk);
         loop {
             let result = self.attempt(part.clone()).await;
             if bulk {

@@ -21,6 +21,25 @@ pub enum BulkTurn {
     Cooling(i64),
 }
 
+/// Whose turn it is (a bulk turn, or a key's probe): another instance's while it holds it
+/// (`owner`, until `held`), nobody's while the key cools down (until `cooling`), else
+/// this instance's (`me`). Times are unix ms.
+fn turn(
+    owner: Option<i64>,
+    held: Option<i64>,
+    cooling: Option<i64>,
+    me: i64,
+    now: i64,
+) -> BulkTurn {
+    if let Some(held) = held.filter(|&h| h > now && owner.is_some_and(|o| o != me)) {
+        return BulkTurn::Held(held);
+    }
+    match cooling.filter(|&c| c > now) {
+        Some(cooling) => BulkTurn::Cooling(cooling),
+        None => BulkTurn::Mine,
+    }
+}
+
 // === impl Postgres ===
 
 impl Postgres {
@@ -74,13 +93,9 @@ impl Postgres {
                 let Some(row) = row else {
                     return Ok(BulkTurn::Mine);
                 };
-                let (owner, held, cooling): (Option<i64>, Option<i64>, Option<i64>) =
-                    (row.get(0), row.get(1), row.get(2));
-                if let Some(held) = held.filter(|&h| h > now && owner.is_some_and(|o| o != me)) {
-                    return Ok(BulkTurn::Held(held));
-                }
-                if let Some(cooling) = cooling.filter(|&c| c > now) {
-                    return Ok(BulkTurn::Cooling(cooling));
+                let turn = turn(row.get(0), row.get(1), row.get(2), me, now);
+                if turn != BulkTurn::Mine {
+                    return Ok(turn);
                 }
                 tx.execute(
                     &prep(
@@ -218,15 +233,11 @@ impl Postgres {
                     .await
                     .map_err(pg_error)?;
                 let Some(row) = row else { return Ok(None) };
-                let (owner, held, cooling): (Option<i64>, Option<i64>, Option<i64>) =
-                    (row.get(0), row.get(1), row.get(2));
                 // Another instance's probe is out, or it was refused and a new cooldown
                 // runs: wait for that.
-                if let Some(held) = held.filter(|&h| h > now && owner.is_some_and(|o| o != me)) {
-                    return Ok(Some(held));
-                }
-                if let Some(cooling) = cooling.filter(|&c| c > now) {
-                    return Ok(Some(cooling));
+                match turn(row.get(0), row.get(1), row.get(2), me, now) {
+                    BulkTurn::Mine => {}
+                    BulkTurn::Held(until) | BulkTurn::Cooling(until) => return Ok(Some(until)),
                 }
                 tx.execute(
                     &prep(

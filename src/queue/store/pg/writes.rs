@@ -69,10 +69,7 @@ impl Postgres {
         let job = job.to_owned();
         self.write(move |tx| {
             Box::pin(async move {
-                let mut j = load_job(tx, &job, None)
-                    .await?
-                    .ok_or(StoreError::NotFound)?;
-                let part = load_part(tx, j.no, seq).await?;
+                let (mut j, part) = job_and_part(tx, &job, seq).await?;
                 if !part.state.is_open() {
                     return Err(StoreError::WrongState(part.state));
                 }
@@ -106,10 +103,7 @@ impl Postgres {
         let job = job.to_owned();
         self.write(move |tx| {
             Box::pin(async move {
-                let mut j = load_job(tx, &job, None)
-                    .await?
-                    .ok_or(StoreError::NotFound)?;
-                let part = load_part(tx, j.no, seq).await?;
+                let (mut j, part) = job_and_part(tx, &job, seq).await?;
                 if part.state != PartState::InFlight {
                     return Err(StoreError::WrongState(part.state));
                 }
@@ -170,10 +164,7 @@ impl Postgres {
         let job = job.to_owned();
         self.write(move |tx| {
             Box::pin(async move {
-                let mut j = load_job(tx, &job, None)
-                    .await?
-                    .ok_or(StoreError::NotFound)?;
-                let part = load_part(tx, j.no, seq).await?;
+                let (mut j, part) = job_and_part(tx, &job, seq).await?;
                 if !part.state.is_open() {
                     return Err(StoreError::WrongState(part.state));
                 }
@@ -221,10 +212,7 @@ impl Postgres {
         let job = job.to_owned();
         self.write(move |tx| {
             Box::pin(async move {
-                let j = load_job(tx, &job, None)
-                    .await?
-                    .ok_or(StoreError::NotFound)?;
-                let part = load_part(tx, j.no, seq).await?;
+                let (j, part) = job_and_part(tx, &job, seq).await?;
                 if !part.state.is_open() {
                     return Err(StoreError::WrongState(part.state));
                 }
@@ -270,10 +258,7 @@ impl Postgres {
         let job = job.to_owned();
         self.write(move |tx| {
             Box::pin(async move {
-                let mut j = load_job(tx, &job, None)
-                    .await?
-                    .ok_or(StoreError::NotFound)?;
-                let part = load_part(tx, j.no, seq).await?;
+                let (mut j, part) = job_and_part(tx, &job, seq).await?;
                 if !part.state.is_open() {
                     return Err(StoreError::WrongState(part.state));
                 }
@@ -864,6 +849,13 @@ async fn load_part(tx: &Tx<'_>, no: i64, seq: u32) -> Result<PartRow, StoreError
         last_error: row.get(7),
         owner_no: row.get(8),
     })
+}
+
+/// The job (locked) and one of its parts, as every change of one part needs them.
+async fn job_and_part(tx: &Tx<'_>, job: &str, seq: u32) -> Result<(JobRow, PartRow), StoreError> {
+    let j = load_job(tx, job, None).await?.ok_or(StoreError::NotFound)?;
+    let part = load_part(tx, j.no, seq).await?;
+    Ok((j, part))
 }
 
 /// Writes the job's counts and state, moves the counters, clears a finished job's key.
